@@ -1,0 +1,88 @@
+"""Imaging Timeline: a SMART on FHIR app showing every imaging study of the launched patient."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Mapping
+from typing import Any
+
+from flask import Flask, g, jsonify, request
+
+from .config import ROOT, load_settings
+from .errors import register_error_handlers
+
+log = logging.getLogger(__name__)
+
+
+def create_app(config: Mapping[str, Any] | None = None) -> Flask:
+    """Build the app. `config` overrides environment settings (tests, the demo)."""
+    app = Flask(
+        __name__,
+        template_folder=str(ROOT / "templates"),
+        static_folder=str(ROOT / "static"),
+        instance_relative_config=True,
+    )
+    app.config.update(load_settings(config))
+
+    from . import keys, registration, session_store
+
+    registration.init_app(app)
+    keys.init_app(app)
+    session_store.init_app(app)
+
+    from . import launch, timeline
+
+    launch.init_app(app)
+    app.register_blueprint(launch.bp)
+    app.register_blueprint(timeline.bp)
+
+    try:
+        from . import api, federation
+    except ImportError:  # federation not built yet
+        pass
+    else:
+        federation.init_app(app)
+        app.register_blueprint(api.bp)
+
+    @app.get("/health")
+    def health():
+        return jsonify({"status": "ok"})
+
+    _security_headers(app)
+    register_error_handlers(app)
+    return app
+
+
+def _security_headers(app: Flask) -> None:
+    """CSP with a per-response nonce; frame-ancestors limited to the allow-listed EHR origins."""
+    from urllib.parse import urlsplit
+
+    from .registration import registration
+
+    def csp_nonce() -> str:
+        if "csp_nonce" not in g:
+            g.csp_nonce = secrets.token_urlsafe(16)
+        return g.csp_nonce
+
+    app.jinja_env.globals["csp_nonce"] = csp_nonce
+
+    with app.app_context():
+        origins = {f"{urlsplit(r.iss).scheme}://{urlsplit(r.iss).netloc}" for r in registration().issuers}
+    origins |= set(app.config.get("FRAME_ANCESTORS") or ())
+    ancestors = " ".join(["'self'", *sorted(origins)])
+
+    @app.after_request
+    def headers(resp):
+        nonce = g.get("csp_nonce")
+        style_src = f"'self' 'nonce-{nonce}'" if nonce else "'self'"
+        resp.headers.setdefault(
+            "Content-Security-Policy",
+            f"default-src 'self'; img-src 'self' data:; style-src {style_src}; script-src 'self'; "
+            f"object-src 'none'; base-uri 'none'; frame-ancestors {ancestors}",
+        )
+        resp.headers.setdefault("X-Content-Type-Options", "nosniff")
+        resp.headers.setdefault("Referrer-Policy", "no-referrer")
+        if request.path in ("/callback", "/launch") or request.path.startswith("/api/"):
+            resp.headers.setdefault("Cache-Control", "no-store")
+        return resp

@@ -1,0 +1,50 @@
+"""Settings: safe defaults, overridden by environment variables, overridden by create_app(config)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# Environment variable -> Flask config key. Secrets are never given as values here: only the
+# *paths* of files that hold them, or the names of variables that do.
+ENV_KEYS = {
+    "IMAGING_LAUNCH_CONFIG": "LAUNCH_CONFIG",  # path of launch.json
+    "IMAGING_ARCHIVES": "ARCHIVES_FILE",  # path of the archives TOML
+    "IMAGING_SESSION_STORE": "SESSION_STORE",  # sqlite:///path or redis://host:port/db
+    "IMAGING_PUBLIC_URL": "PUBLIC_URL",  # e.g. https://timeline.example.org (behind a proxy)
+    "IMAGING_TIMELINE_KEY_FILE": "PRIVATE_KEY_FILE",  # PEM for private_key_jwt; else generated
+    "IMAGING_ACCESS_LOG": "ACCESS_LOG_FILE",  # where viewer openings are recorded
+}
+
+DEFAULTS: dict[str, Any] = {
+    "LAUNCH_CONFIG": str(ROOT / "launch.json"),
+    "ARCHIVES_FILE": None,
+    "ARCHIVES": None,  # parsed archive list may be given directly (demo, tests)
+    "SESSION_STORE": None,  # None: an SQLite file in the instance folder
+    "SESSION_TTL_S": 8 * 3600,
+    "PENDING_LAUNCH_TTL_S": 600,
+    "DISCOVERY_TTL_S": 3600,
+    "HTTP_TIMEOUT_S": 10.0,
+    "MAX_RESPONSE_BYTES": 20 * 1024 * 1024,
+    "PUBLIC_URL": None,
+    "PRIVATE_KEY_FILE": None,
+    "ACCESS_LOG_FILE": None,
+    "STUDY_CACHE_TTL_S": 120,
+    "FEDERATION_DEADLINE_S": 30.0,
+    "FRAME_ANCESTORS": None,  # extra CSP frame-ancestors origins beyond the allow-listed issuers
+}
+
+
+def load_settings(overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Defaults, then environment variables, then explicit overrides."""
+    settings = dict(DEFAULTS)
+    for env, key in ENV_KEYS.items():
+        if os.environ.get(env):
+            settings[key] = os.environ[env]
+    if overrides:
+        settings.update(overrides)
+    return settings

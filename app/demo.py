@@ -1,0 +1,112 @@
+"""The demo: the app plus the sandbox EHR and sandbox archives, served together on 127.0.0.1."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from flask import Flask
+from werkzeug.middleware.dispatcher import DispatcherMiddleware
+from werkzeug.serving import BaseWSGIServer, make_server
+
+from . import create_app
+from .config import ROOT
+from .registration import IssuerRegistration, load_registration
+
+log = logging.getLogger(__name__)
+
+DEMO_ARCHIVES = Path(__file__).parent / "sandbox" / "demo_archives.toml"
+APP_CLIENT_ID = "imaging-timeline"
+BACKEND_CLIENT_ID = "imaging-timeline-backend"
+
+
+@dataclass
+class Demo:
+    """A running demo: where it is and its two apps (tests reach into `sandbox` to add faults)."""
+
+    base_url: str
+    app: Flask
+    sandbox: Flask
+    server: BaseWSGIServer
+
+    @property
+    def chart_url(self) -> str:
+        return f"{self.base_url}/sandbox/"
+
+    @property
+    def iss(self) -> str:
+        return f"{self.base_url}/sandbox/fhir"
+
+
+def build_demo(base_url: str, *, extra_archives: str | None = None,
+               sandbox_options: Mapping[str, Any] | None = None,
+               app_options: Mapping[str, Any] | None = None) -> tuple[Flask, Flask]:
+    """The app (registered with the sandbox EHR) and the sandbox (with the app as its client)."""
+    from .archives.config import load_archives
+    from .sandbox import SandboxClient, SandboxConfig, create_sandbox_app
+
+    sandbox_url = f"{base_url}/sandbox"
+    registration = load_registration(str(ROOT / "launch.json"))
+    archives = load_archives(DEMO_ARCHIVES, substitutions={"sandbox": sandbox_url})
+    if extra_archives:
+        archives = (*archives, *load_archives(extra_archives, substitutions={"sandbox": sandbox_url}))
+    app = create_app({
+        "LAUNCH_CONFIG": registration.raw,
+        "EXTRA_ISSUERS": [IssuerRegistration(
+            iss=f"{sandbox_url}/fhir", client_id=APP_CLIENT_ID, auth_method="private_key_jwt",
+            scope=registration.scope, name="Sandbox EHR")],
+        "ARCHIVES": archives,
+        "BACKEND_CLIENT_ID": BACKEND_CLIENT_ID,
+        **(app_options or {}),
+    })
+    jwks_uri = f"{base_url}/.well-known/jwks.json"
+    sandbox = create_sandbox_app(SandboxConfig(
+        app_launch_url=f"{base_url}/launch",
+        clients=(
+            SandboxClient(client_id=APP_CLIENT_ID, redirect_uris=(f"{base_url}/callback",),
+                          token_endpoint_auth_method="private_key_jwt", jwks_uri=jwks_uri,
+                          grant_types=("authorization_code", "refresh_token")),
+            SandboxClient(client_id=BACKEND_CLIENT_ID, redirect_uris=(),
+                          token_endpoint_auth_method="private_key_jwt", jwks_uri=jwks_uri,
+                          grant_types=("client_credentials",)),
+        ),
+        **(sandbox_options or {}),
+    ))
+    return app, sandbox
+
+
+@contextmanager
+def serve_demo(port: int = 0, **options: Any) -> Iterator[Demo]:
+    """Serve the demo in a background thread (tests, benchmarks); port 0 picks a free port."""
+    server = make_server("127.0.0.1", port, None, threaded=True)  # app set once the port is known
+    base_url = f"http://127.0.0.1:{server.server_port}"
+    app, sandbox = build_demo(base_url, **options)
+    server.app = DispatcherMiddleware(app, {"/sandbox": sandbox})
+    thread = threading.Thread(target=server.serve_forever, name="demo-server", daemon=True)
+    thread.start()
+    try:
+        yield Demo(base_url, app, sandbox, server)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+def run_demo(port: int, extra_archives: str | None = None) -> None:
+    """Serve the demo in the foreground until interrupted."""
+    server = make_server("127.0.0.1", port, None, threaded=True)
+    base_url = f"http://127.0.0.1:{server.server_port}"
+    app, sandbox = build_demo(base_url, extra_archives=extra_archives)
+    server.app = DispatcherMiddleware(app, {"/sandbox": sandbox})
+    log.warning("Imaging Timeline demo: open the sandbox chart at %s/sandbox/ (Ctrl-C to stop)", base_url)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()

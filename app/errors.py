@@ -1,0 +1,193 @@
+"""The one exception hierarchy, and how each error is shown to a clinician or integrator.
+
+Every subclass says what happened and what to do about it. The message is written for the
+person in front of the screen; it must never contain a token, a secret or a stack trace.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, jsonify, render_template, request
+from werkzeug.exceptions import HTTPException
+
+log = logging.getLogger(__name__)
+
+
+class AppError(Exception):
+    """Base of every error the app raises on purpose."""
+
+    status = 500
+    title = "Something went wrong"
+    code = "internal-error"
+
+    def __init__(self, message: str, *, log_detail: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        # Extra detail for the log only (never shown); must already be free of secrets.
+        self.log_detail = log_detail
+
+
+class ConfigError(AppError):
+    """A configuration file (launch.json, archives TOML) is invalid; the app refuses to start."""
+
+    title = "Configuration error"
+    code = "config-error"
+
+
+# --- Launch -------------------------------------------------------------------------------------
+
+
+class LaunchError(AppError):
+    """The launch request from the EHR cannot be accepted."""
+
+    status = 400
+    title = "This launch cannot be accepted"
+    code = "launch-error"
+
+
+class UnknownIssuer(LaunchError):
+    code = "unknown-issuer"
+
+
+class DiscoveryError(AppError):
+    """The EHR's SMART configuration could not be discovered or is unusable."""
+
+    status = 502
+    title = "The EHR's SMART configuration is unusable"
+    code = "discovery-error"
+
+
+class StateError(AppError):
+    """The OAuth `state` is missing, unknown, replayed or expired."""
+
+    status = 400
+    title = "This sign-in link is no longer valid"
+    code = "state-error"
+
+
+class AuthorizationDenied(AppError):
+    """The EHR's authorization server returned an error to the callback."""
+
+    status = 403
+    title = "The EHR did not authorise the app"
+    code = "authorization-denied"
+
+
+class TokenError(AppError):
+    """The token endpoint refused the code or answered with something unusable."""
+
+    status = 502
+    title = "The EHR's token endpoint failed"
+    code = "token-error"
+
+
+class IdTokenError(AppError):
+    """The OpenID Connect id_token failed verification."""
+
+    status = 401
+    title = "The EHR's identity token could not be verified"
+    code = "id-token-error"
+
+
+class SessionExpired(AppError):
+    """No valid session: never launched, expired, or the token could not be refreshed."""
+
+    status = 401
+    title = "Session expired"
+    code = "session-expired"
+
+
+class PatientMismatch(AppError):
+    """A request names a patient other than the one this session was launched for."""
+
+    status = 409
+    title = "This window belongs to another patient"
+    code = "patient-mismatch"
+
+
+# --- FHIR and archives --------------------------------------------------------------------------
+
+
+class FhirError(AppError):
+    """A FHIR server answered with an error or an unusable resource."""
+
+    status = 502
+    title = "The EHR's FHIR server failed"
+    code = "fhir-error"
+
+
+class FhirUnauthorized(FhirError):
+    status = 401
+    title = "The EHR did not accept the app's access"
+    code = "fhir-unauthorized"
+
+
+class FhirAccessDenied(FhirError):
+    status = 403
+    title = "The EHR refused access"
+    code = "fhir-forbidden"
+
+
+class FhirNotFound(FhirError):
+    status = 404
+    title = "Not found in the EHR"
+    code = "fhir-not-found"
+
+
+class ArchiveError(AppError):
+    """One archive failed; the federation reports it and carries on with the others."""
+
+    status = 502
+    title = "An archive failed"
+    code = "archive-error"
+
+
+class ArchiveTimeout(ArchiveError):
+    status = 504
+    code = "archive-timeout"
+
+
+class ArchiveAuthError(ArchiveError):
+    code = "archive-auth"
+
+
+class ArchiveResponseError(ArchiveError):
+    """The archive answered, but with something we cannot use (bad JSON, wrong shape, too big)."""
+
+    code = "archive-bad-response"
+
+
+def _wants_json() -> bool:
+    if request.path.startswith("/api/") or request.path == "/health":
+        return True
+    best = request.accept_mimetypes.best_match(["text/html", "application/json"])
+    return best == "application/json"
+
+
+def _respond(status: int, title: str, message: str, code: str):
+    if _wants_json():
+        return jsonify({"error": code, "title": title, "message": message}), status
+    return render_template("error.html", status=status, title=title, message=message, code=code), status
+
+
+def register_error_handlers(app: Flask) -> None:
+    """Map every AppError (and stray HTTP errors) to a readable page or JSON body."""
+
+    @app.errorhandler(AppError)
+    def handle_app_error(exc: AppError):
+        log.warning("%s %s -> %s: %s%s", request.method, request.path, exc.code, exc.message,
+                    f" ({exc.log_detail})" if exc.log_detail else "")
+        return _respond(exc.status, exc.title, exc.message, exc.code)
+
+    @app.errorhandler(HTTPException)
+    def handle_http_error(exc: HTTPException):
+        return _respond(exc.code or 500, exc.name, exc.description or exc.name, f"http-{exc.code}")
+
+    @app.errorhandler(Exception)
+    def handle_unexpected(exc: Exception):
+        log.exception("unexpected error on %s %s", request.method, request.path)
+        return _respond(500, AppError.title,
+                        "The app hit an unexpected problem. Relaunch it from the chart; if this "
+                        "keeps happening, tell your administrator the time it happened.",
+                        AppError.code)

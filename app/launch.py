@@ -1,0 +1,275 @@
+"""SMART EHR and standalone launch: /launch, /callback, and the start page.
+
+SMART App Launch 2.x §"App Launch": discovery, authorize (PKCE S256, state, aud), token
+exchange, id_token verification, then a server-side session behind an opaque cookie.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import secrets
+import time
+from typing import Any
+from urllib.parse import urlsplit
+
+import requests
+from flask import Blueprint, Flask, current_app, redirect, render_template, request, url_for
+
+from .errors import AuthorizationDenied, LaunchError, StateError, TokenError
+from .fhir import is_fhir_id, read_patient
+from .keys import app_keys
+from .models import LaunchContext
+from .registration import registration
+from .session import COOKIE, SmartSession, new_session_id, token_record
+from .session_store import store
+from .smart import (
+    Discovery,
+    IdTokenVerifier,
+    SmartClient,
+    SmartConfiguration,
+    fhir_user_url,
+    get_json,
+    new_code_verifier,
+    new_state,
+    scopes_for,
+)
+
+log = logging.getLogger(__name__)
+bp = Blueprint("launch", __name__)
+
+BINDING_COOKIE = "itl_launch"
+STYLE_KEYS = {
+    "color_background", "color_error", "color_highlight", "color_modal_backdrop", "color_success",
+    "color_text", "dim_border_radius", "dim_font_size", "dim_spacing_size", "font_family_body",
+    "font_family_heading",
+}
+SAFE_STYLE = {
+    "color": re.compile(r"^(#[0-9a-fA-F]{3,8}|rgba?\([0-9.,%\s]+\)|[a-zA-Z]{3,20})$"),
+    "dim": re.compile(r"^[0-9.]{1,6}(px|rem|em|%)?$"),
+    "font": re.compile(r"^[A-Za-z0-9 ,'\"-]{1,120}$"),
+}
+
+
+def _http() -> requests.Session:
+    return current_app.extensions["http"]
+
+
+def discovery() -> Discovery:
+    return current_app.extensions["discovery"]
+
+
+def redirect_uri() -> str:
+    public = current_app.config.get("PUBLIC_URL")
+    if public:
+        return public.rstrip("/") + "/callback"
+    return url_for("launch.callback", _external=True)
+
+
+def smart_client_for(iss: str, config: SmartConfiguration | None = None) -> SmartClient:
+    reg = registration().issuer(iss)
+    return SmartClient(reg, config or discovery()(reg.iss), app_keys(), redirect_uri=redirect_uri(),
+                       timeout=current_app.config["HTTP_TIMEOUT_S"])
+
+
+def _secure() -> bool:
+    return request.is_secure or str(current_app.config.get("PUBLIC_URL") or "").startswith("https://")
+
+
+def _cookie_args() -> dict[str, Any]:
+    # Inside an EHR iframe on another site the cookie is third-party: it needs SameSite=None;
+    # Secure, and Partitioned (CHIPS) to survive browsers that block unpartitioned ones.
+    if _secure():
+        return {"httponly": True, "secure": True, "samesite": "None", "partitioned": True, "path": "/"}
+    return {"httponly": True, "secure": False, "samesite": "Lax", "path": "/"}
+
+
+def _digest(value: str) -> str:
+    return hashlib.sha256(value.encode()).hexdigest()
+
+
+@bp.get("/")
+def start():
+    """Standalone launch start page: pick a registered EHR (or type its FHIR address)."""
+    issuers = [r for r in registration().issuers if r.match == "exact" and "standalone" in r.launch_types]
+    return render_template("start.html", issuers=issuers)
+
+
+@bp.get("/launch")
+def launch():
+    iss = request.args.get("iss", "").strip()
+    if not iss:
+        raise LaunchError("The launch request has no `iss` (the EHR's FHIR address). Open Imaging Timeline "
+                          "from the patient's chart, or choose your EHR on the start page.")
+    reg = registration().issuer(iss)  # allow-list first: nothing is fetched from an unknown iss
+    launch_token = request.args.get("launch")
+    if launch_token is not None and not launch_token.strip():
+        raise LaunchError("The launch request has an empty `launch` parameter. Relaunch from the chart.")
+    kind = "ehr" if launch_token else "standalone"
+    if kind not in reg.launch_types:
+        if kind == "standalone":
+            raise LaunchError(f"The EHR at {reg.iss} is registered for launch from the chart only, and this "
+                              "request has no `launch` parameter. Open Imaging Timeline from the patient's "
+                              "chart in the EHR.")
+        raise LaunchError(f"The EHR at {reg.iss} is registered for standalone launch only.")
+    config = discovery()(reg.iss)
+    scope = reg.scope if kind == "ehr" else registration().standalone_scope
+    if kind == "standalone":
+        scope = " ".join(s for s in scope.split() if s != "launch")
+        if "launch/patient" not in scope.split():
+            scope = "launch/patient " + scope
+    scope = scopes_for(scope, config)
+    state, verifier, binding = new_state(), new_code_verifier(), secrets.token_urlsafe(24)
+    nonce = secrets.token_urlsafe(16) if "openid" in scope.split() else None
+    client = smart_client_for(reg.iss, config)
+    url = client.authorize_url(scope=scope, state=state, code_verifier=verifier, launch=launch_token, nonce=nonce)
+    # The pending launch is keyed by `state` server-side: it survives an iframe that drops cookies.
+    store().put(f"pending:{state}", {
+        "iss": reg.iss, "kind": kind, "scope": scope, "code_verifier": verifier, "nonce": nonce,
+        "binding": _digest(binding), "created": time.time(),
+    }, current_app.config["PENDING_LAUNCH_TTL_S"])
+    log.info("launch: %s launch for %s, redirecting to authorize", kind, reg.iss)
+    resp = redirect(url, code=302)
+    resp.set_cookie(BINDING_COOKIE, binding, max_age=int(current_app.config["PENDING_LAUNCH_TTL_S"]),
+                    **_cookie_args())
+    return resp
+
+
+def _take_pending(state: str | None) -> dict[str, Any]:
+    if not state:
+        raise StateError("The EHR's answer has no `state`, so it cannot be matched to a launch. Relaunch "
+                         "Imaging Timeline from the patient's chart.")
+    pending = store().take(f"pending:{state}")
+    if pending is None:
+        if store().get(f"used:{_digest(state)}"):
+            raise StateError("This sign-in answer was already used. Relaunch Imaging Timeline from the "
+                             "patient's chart.")
+        raise StateError("This sign-in answer is unknown or has expired (a launch must finish within "
+                         f"{int(current_app.config['PENDING_LAUNCH_TTL_S'] / 60)} minutes). Relaunch Imaging "
+                         "Timeline from the patient's chart.")
+    store().put(f"used:{_digest(state)}", {"t": time.time()}, 3600)
+    # Bound to the browser that started the launch, where its cookie survived the round trip.
+    # Inside an EHR iframe that blocks third-party cookies it may not; then state's single use,
+    # its short life and PKCE (the verifier never left this server) carry the protection.
+    binding = request.cookies.get(BINDING_COOKIE)
+    if binding is not None and _digest(binding) != pending["binding"]:
+        raise StateError("This sign-in answer belongs to a launch started in another browser window. "
+                         "Relaunch Imaging Timeline from the patient's chart.")
+    return pending
+
+
+@bp.get("/callback")
+def callback():
+    error = request.args.get("error")
+    state = request.args.get("state")
+    if error:
+        if state:
+            store().take(f"pending:{state}")
+        description = request.args.get("error_description", "")[:500]
+        if error == "access_denied":
+            message = "Access to this patient's imaging was declined at sign-in. Relaunch from the chart and " \
+                      "approve access to continue."
+        else:
+            message = f"The EHR's sign-in answered `{error[:80]}`. Ask your administrator to check the app's " \
+                      "registration."
+        if description:
+            message += f" The EHR said: {description}"
+        raise AuthorizationDenied(message, log_detail=f"error={error[:80]}")
+    pending = _take_pending(state)
+    code = request.args.get("code")
+    if not code:
+        raise StateError("The EHR's answer has no authorization `code`. Relaunch from the chart.")
+    iss = pending["iss"]
+    config = discovery()(iss)
+    client = smart_client_for(iss, config)
+    answer = client.exchange_code(code, pending["code_verifier"])
+    requested = set(pending["scope"].split())
+    granted = set(str(answer.get("scope") or pending["scope"]).split())  # RFC 6749 §5.1: absent = as asked
+
+    patient_id = answer.get("patient")
+    wants_patient = bool(requested & {"launch", "launch/patient"})
+    if wants_patient and not patient_id:
+        raise TokenError("The EHR did not say which patient this launch is for (no `patient` in its token "
+                         "response). Open Imaging Timeline from a patient's chart.")
+    if patient_id is not None and not is_fhir_id(patient_id):
+        raise TokenError("The EHR's launch context names a patient with an invalid id. Tell your administrator.")
+
+    claims: dict[str, Any] = {}
+    if "openid" in requested and answer.get("id_token"):
+        claims = current_app.extensions["id_tokens"].verify(
+            answer["id_token"], config, client.reg.client_id, pending.get("nonce"))
+    elif "openid" in granted and not answer.get("id_token"):
+        log.info("callback: openid granted but no id_token; fhirUser unknown")
+
+    context = LaunchContext(
+        iss=iss, patient_id=patient_id, granted_scopes=frozenset(granted),
+        encounter_id=answer.get("encounter") if isinstance(answer.get("encounter"), str) else None,
+        fhir_context=_fhir_context(answer.get("fhirContext")),
+        # Absent need_patient_banner: show the banner (the safe default).
+        need_patient_banner=answer.get("need_patient_banner", True) is not False,
+        smart_style_url=answer["smart_style_url"] if _web_url(answer.get("smart_style_url")) else None,
+        intent=answer.get("intent") if isinstance(answer.get("intent"), str) else None,
+        tenant=answer.get("tenant") if isinstance(answer.get("tenant"), str) else None,
+        fhir_user=fhir_user_url(claims.get("fhirUser"), iss),
+        launch_kind=pending["kind"],
+    )
+    token = token_record(answer)
+    if patient_id is None:
+        raise LaunchError("This launch has no patient in context; Imaging Timeline shows one patient's imaging. "
+                          "Open it from a patient's chart.")
+    patient = read_patient(_http(), iss, patient_id, token["access_token"],
+                           timeout=current_app.config["HTTP_TIMEOUT_S"])
+    session = SmartSession(id=new_session_id(), context=context, patient=patient, token=token,
+                           style=_load_style(context.smart_style_url))
+    session.save()
+    log.info("callback: session started (%s launch, %d scopes granted)", context.launch_kind, len(granted))
+    resp = redirect(url_for("timeline.timeline"), code=303)
+    resp.set_cookie(COOKIE, session.id, max_age=int(current_app.config["SESSION_TTL_S"]), **_cookie_args())
+    resp.delete_cookie(BINDING_COOKIE, path="/")
+    return resp
+
+
+def _web_url(value: Any) -> bool:
+    return isinstance(value, str) and urlsplit(value).scheme in {"http", "https"} and bool(urlsplit(value).hostname)
+
+
+def _fhir_context(value: Any) -> tuple[str, ...]:
+    """SMART 2.0 `fhirContext`: a list of {"reference": ...} (2.0 also allowed plain strings)."""
+    refs = []
+    for item in value if isinstance(value, list) else ():
+        ref = item.get("reference") if isinstance(item, dict) else item
+        if isinstance(ref, str) and re.fullmatch(r"[A-Za-z]+/[A-Za-z0-9\-.]{1,64}", ref):
+            refs.append(ref)
+    return tuple(refs)
+
+
+def _load_style(url: str | None) -> dict[str, str] | None:
+    """Fetch the EHR's smart_style_url; keep only values that are plainly colours, sizes or fonts."""
+    if not url:
+        return None
+    try:
+        status, doc = get_json(_http(), url, timeout=min(3.0, current_app.config["HTTP_TIMEOUT_S"]),
+                               max_bytes=64 * 1024)
+    except (requests.RequestException, ValueError):
+        log.info("smart_style_url could not be fetched; using the default style")
+        return None
+    if status != 200 or not isinstance(doc, dict):
+        return None
+    style = {}
+    for key in STYLE_KEYS & doc.keys():
+        value = doc[key]
+        kind = "color" if key.startswith("color") else "dim" if key.startswith("dim") else "font"
+        if isinstance(value, str | int | float) and SAFE_STYLE[kind].match(str(value)):
+            style[key] = str(value) + ("px" if kind == "dim" and str(value).replace(".", "").isdigit() else "")
+    return style or None
+
+
+def init_app(app: Flask) -> None:
+    http = requests.Session()
+    http.headers["User-Agent"] = "imaging-timeline/0.1"
+    app.extensions["http"] = http
+    app.extensions["discovery"] = Discovery(http, timeout=app.config["HTTP_TIMEOUT_S"],
+                                            ttl_s=app.config["DISCOVERY_TTL_S"])
+    app.extensions["id_tokens"] = IdTokenVerifier(http, timeout=app.config["HTTP_TIMEOUT_S"])
+

@@ -1,0 +1,167 @@
+"""Typed domain objects shared by the launch, federation and timeline code.
+
+Templates and the JSON API read these fields; nothing outside the archive adapters reads raw
+FHIR or DICOM JSON.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from datetime import date, datetime
+from typing import Any, Literal
+
+
+@dataclass(frozen=True, slots=True)
+class Identifier:
+    """A patient identifier in one identifier domain (FHIR `system`, DICOM issuer)."""
+
+    system: str
+    value: str
+
+
+@dataclass(frozen=True, slots=True)
+class PatientSummary:
+    """The launched patient as the EHR knows them."""
+
+    id: str
+    name: str
+    birth_date: date | None = None
+    sex: str | None = None  # FHIR administrative gender: male | female | other | unknown
+    identifiers: tuple[Identifier, ...] = ()
+
+    def identifier_in(self, system: str) -> str | None:
+        """The patient's identifier value in `system` (exact match), or None."""
+        for ident in self.identifiers:
+            if ident.system == system:
+                return ident.value
+        return None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "birthDate": self.birth_date.isoformat() if self.birth_date else None,
+            "gender": self.sex,
+            "identifiers": [{"system": i.system, "value": i.value} for i in self.identifiers],
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class LaunchContext:
+    """What the EHR told us at launch: who, for which patient, with which grants."""
+
+    iss: str
+    patient_id: str | None
+    granted_scopes: frozenset[str]
+    encounter_id: str | None = None
+    fhir_context: tuple[str, ...] = ()  # references such as "ImagingStudy/123"
+    need_patient_banner: bool = False
+    smart_style_url: str | None = None
+    intent: str | None = None
+    tenant: str | None = None
+    fhir_user: str | None = None  # absolute URL of the user resource
+    launch_kind: Literal["ehr", "standalone"] = "ehr"
+
+    def can_read(self, resource_type: str) -> bool:
+        """Whether the granted scopes allow reading `resource_type` for the patient.
+
+        Accepts SMART v2 (`patient/X.rs`, `.r`, `.cruds`) and v1 (`patient/X.read`, `.*`)
+        forms, and wildcards (`patient/*.rs`); `user/` scopes count too (SMART App Launch
+        2.x, section "Scopes for requesting clinical data").
+        """
+        for scope in self.granted_scopes:
+            level, _, rest = scope.partition("/")
+            if level not in {"patient", "user", "system"} or not rest:
+                continue
+            rtype, _, perms = rest.partition(".")
+            perms = perms.split("?", 1)[0]
+            if rtype not in {resource_type, "*"}:
+                continue
+            if perms in {"read", "*"} or ("r" in perms and perms.isalpha() and perms != "write"):
+                return True
+        return False
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    """A DiagnosticReport linked to a study."""
+
+    id: str
+    status: str  # registered | partial | preliminary | final | amended | corrected | ...
+    conclusion: str | None = None
+    issued: datetime | None = None
+    abnormal: bool = False  # an abnormal interpretation or conclusion code
+    critical: bool = False  # a critical result flag
+    source: str | None = None  # archive id
+
+
+@dataclass(frozen=True, slots=True)
+class Order:
+    """A ServiceRequest (imaging order) linked to a study."""
+
+    id: str
+    priority: str | None = None  # routine | urgent | asap | stat
+    status: str | None = None
+    code_text: str | None = None
+    accession: str | None = None
+    source: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StudyEndpoint:
+    """Where a study's images can be fetched (a configured archive only)."""
+
+    archive_id: str
+    address: str  # DICOMweb base URL
+
+
+@dataclass(slots=True)
+class Study:
+    """One imaging study, merged across every archive that holds it."""
+
+    uid: str  # StudyInstanceUID
+    started: datetime | None = None
+    modalities: tuple[str, ...] = ()
+    description: str | None = None
+    body_sites: tuple[str, ...] = ()
+    procedure_codes: tuple[str, ...] = ()
+    accession: str | None = None
+    series_count: int | None = None
+    instance_count: int | None = None
+    referrer: str | None = None
+    facility: str | None = None
+    sources: list[str] = field(default_factory=list)  # archive ids
+    reports: list[Report] = field(default_factory=list)
+    orders: list[Order] = field(default_factory=list)
+    endpoints: list[StudyEndpoint] = field(default_factory=list)
+    badges: list[str] = field(default_factory=list)  # e.g. "identity: name differs"
+    # The identifier each source matched on: {archive_id: Identifier}
+    matched_ids: dict[str, Identifier] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["started"] = self.started.isoformat() if self.started else None
+        data["matched_ids"] = {k: {"system": v.system, "value": v.value} for k, v in self.matched_ids.items()}
+        for rep in data["reports"]:
+            rep["issued"] = rep["issued"].isoformat() if rep["issued"] else None
+        return data
+
+
+ArchiveState = Literal["searching", "ok", "not-linked", "timeout", "error"]
+
+
+@dataclass(frozen=True, slots=True)
+class ArchiveStatus:
+    """How one archive answered for this patient."""
+
+    id: str
+    name: str
+    status: ArchiveState
+    count: int = 0
+    ms: int | None = None
+    dropped: int = 0  # studies withheld by the wrong-patient guard
+    reason: str | None = None
+    source: str = "config"  # "config" or "discovered"
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)

@@ -1,0 +1,145 @@
+"""The launched session: who, which patient, which grants; its tokens stay server-side."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+import time
+from dataclasses import dataclass, fields
+from datetime import date
+from typing import Any
+
+from flask import current_app, request
+
+from .errors import AppError, PatientMismatch, SessionExpired
+from .models import Identifier, LaunchContext, PatientSummary
+from .session_store import store
+
+log = logging.getLogger(__name__)
+
+COOKIE = "itl_session"
+REFRESH_MARGIN_S = 60
+_refresh_locks: dict[str, threading.Lock] = {}
+_locks_guard = threading.Lock()
+
+
+def context_to_json(ctx: LaunchContext) -> dict[str, Any]:
+    data = {f.name: getattr(ctx, f.name) for f in fields(ctx)}
+    data["granted_scopes"] = sorted(ctx.granted_scopes)
+    data["fhir_context"] = list(ctx.fhir_context)
+    return data
+
+
+def context_from_json(data: dict[str, Any]) -> LaunchContext:
+    data = dict(data)
+    data["granted_scopes"] = frozenset(data["granted_scopes"])
+    data["fhir_context"] = tuple(data["fhir_context"])
+    return LaunchContext(**data)
+
+
+def patient_from_json(data: dict[str, Any]) -> PatientSummary:
+    return PatientSummary(
+        id=data["id"], name=data["name"],
+        birth_date=date.fromisoformat(data["birthDate"]) if data.get("birthDate") else None,
+        sex=data.get("gender"),
+        identifiers=tuple(Identifier(i["system"], i["value"]) for i in data.get("identifiers", [])),
+    )
+
+
+@dataclass
+class SmartSession:
+    """One launch: the context, the patient, and (server-side only) the token response."""
+
+    id: str
+    context: LaunchContext
+    patient: PatientSummary
+    token: dict[str, Any]
+    style: dict[str, str] | None = None
+
+    def to_record(self) -> dict[str, Any]:
+        return {"context": context_to_json(self.context), "patient": self.patient.to_json(),
+                "token": self.token, "style": self.style}
+
+    @classmethod
+    def from_record(cls, sid: str, rec: dict[str, Any]) -> SmartSession:
+        return cls(id=sid, context=context_from_json(rec["context"]), patient=patient_from_json(rec["patient"]),
+                   token=rec["token"], style=rec.get("style"))
+
+    def save(self) -> None:
+        store().put(f"session:{self.id}", self.to_record(), current_app.config["SESSION_TTL_S"])
+
+    @property
+    def iss(self) -> str:
+        return self.context.iss
+
+    def access_token(self) -> str:
+        """A valid access token for the launch `iss`, refreshed shortly before it expires."""
+        if self.token.get("expires_at", float("inf")) - REFRESH_MARGIN_S > time.time():
+            return self.token["access_token"]
+        with _lock_for(self.id):
+            fresh = store().get(f"session:{self.id}")  # another thread may have refreshed already
+            if fresh and fresh["token"].get("expires_at", 0) - REFRESH_MARGIN_S > time.time():
+                self.token = fresh["token"]
+                return self.token["access_token"]
+            self._refresh()
+            return self.token["access_token"]
+
+    def _refresh(self) -> None:
+        from .launch import smart_client_for  # launch owns the client wiring
+
+        refresh_token = self.token.get("refresh_token")
+        if not refresh_token:
+            raise SessionExpired("Your session with the EHR has expired. Relaunch Imaging Timeline from the "
+                                 "patient's chart.")
+        try:
+            answer = smart_client_for(self.iss).refresh(refresh_token)
+        except AppError as exc:
+            log.info("token refresh failed for a session on %s: %s", self.iss, exc.code)
+            raise SessionExpired("Your session with the EHR has expired and could not be renewed. Relaunch "
+                                 "Imaging Timeline from the patient's chart.") from exc
+        self.token = token_record(answer, previous=self.token)
+        self.save()
+
+
+def _lock_for(sid: str) -> threading.Lock:
+    with _locks_guard:
+        return _refresh_locks.setdefault(sid, threading.Lock())
+
+
+def token_record(answer: dict[str, Any], previous: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The token fields kept server-side; `expires_at` is absolute."""
+    expires_in = answer.get("expires_in")
+    try:
+        lifetime = float(expires_in) if expires_in is not None else 3600.0
+    except (TypeError, ValueError):
+        lifetime = 300.0
+    return {
+        "access_token": answer["access_token"],
+        # RFC 6749 §6: a refresh may or may not rotate the refresh token.
+        "refresh_token": answer.get("refresh_token") or (previous or {}).get("refresh_token"),
+        "expires_at": time.time() + lifetime,
+        "scope": answer.get("scope") or (previous or {}).get("scope"),
+    }
+
+
+def new_session_id() -> str:
+    return secrets.token_urlsafe(32)
+
+
+def current_session(expected_patient: str | None = None) -> SmartSession:
+    """The session named by this browser's cookie, or SessionExpired.
+
+    `expected_patient` guards against a stale window: if the page was rendered for patient A and
+    the cookie now belongs to a later launch for patient B, nothing of B is shown in A's window.
+    """
+    sid = request.cookies.get(COOKIE)
+    rec = store().get(f"session:{sid}") if sid else None
+    if rec is None:
+        raise SessionExpired("Your Imaging Timeline session has ended or was never started. Relaunch the app "
+                             "from the patient's chart in the EHR.")
+    session = SmartSession.from_record(sid, rec)
+    if expected_patient is not None and expected_patient != session.patient.id:
+        raise PatientMismatch("This window was opened for a different patient than the app's latest launch. "
+                              "Close it and relaunch Imaging Timeline from the chart you are working in.")
+    return session

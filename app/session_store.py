@@ -1,0 +1,122 @@
+"""Server-side store for sessions and pending launches: SQLite by default, Redis for scale-out.
+
+Tokens live only here. The browser holds an opaque random session id (HttpOnly cookie); the
+pending-launch record is keyed by the OAuth `state`, so a launch survives an EHR iframe where
+third-party cookies are blocked between /launch and /callback.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+from flask import Flask, current_app
+
+from .errors import ConfigError
+
+
+class SessionStore(Protocol):
+    """A small key -> JSON-object store with per-key expiry."""
+
+    def put(self, key: str, value: dict[str, Any], ttl_s: float) -> None: ...
+
+    def get(self, key: str) -> dict[str, Any] | None: ...
+
+    def take(self, key: str) -> dict[str, Any] | None:
+        """Get and delete atomically (single-use records such as OAuth state)."""
+        ...
+
+    def delete(self, key: str) -> None: ...
+
+
+class SQLiteStore:
+    """Embedded default: one SQLite file, safe across threads and processes on one host."""
+
+    def __init__(self, path: str | Path, clock: Callable[[], float] = time.time) -> None:
+        self.path = str(path)
+        self.clock = clock
+        self._local = threading.local()
+        with self._conn() as db:
+            db.execute("CREATE TABLE IF NOT EXISTS kv (k TEXT PRIMARY KEY, v TEXT NOT NULL, exp REAL NOT NULL)")
+
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, timeout=10, isolation_level=None)
+            conn.execute("PRAGMA journal_mode=WAL")
+            self._local.conn = conn
+        return conn
+
+    def put(self, key: str, value: dict[str, Any], ttl_s: float) -> None:
+        db = self._conn()
+        now = self.clock()
+        db.execute("DELETE FROM kv WHERE exp < ?", (now,))
+        db.execute("INSERT OR REPLACE INTO kv (k, v, exp) VALUES (?, ?, ?)", (key, json.dumps(value), now + ttl_s))
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        row = self._conn().execute("SELECT v, exp FROM kv WHERE k = ?", (key,)).fetchone()
+        if row is None or row[1] < self.clock():
+            return None
+        return json.loads(row[0])
+
+    def take(self, key: str) -> dict[str, Any] | None:
+        # DELETE ... RETURNING is atomic: two callbacks with the same state cannot both win.
+        row = self._conn().execute("DELETE FROM kv WHERE k = ? RETURNING v, exp", (key,)).fetchone()
+        if row is None or row[1] < self.clock():
+            return None
+        return json.loads(row[0])
+
+    def delete(self, key: str) -> None:
+        self._conn().execute("DELETE FROM kv WHERE k = ?", (key,))
+
+
+class RedisStore:
+    """Scale-out store: several app processes behind a load balancer share sessions."""
+
+    def __init__(self, url: str, prefix: str = "imaging-timeline:") -> None:
+        import redis
+
+        self.client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+        self.prefix = prefix
+
+    def put(self, key: str, value: dict[str, Any], ttl_s: float) -> None:
+        self.client.set(self.prefix + key, json.dumps(value), px=max(1, int(ttl_s * 1000)))
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        raw = self.client.get(self.prefix + key)
+        return json.loads(raw) if raw is not None else None
+
+    def take(self, key: str) -> dict[str, Any] | None:
+        raw = self.client.getdel(self.prefix + key)
+        return json.loads(raw) if raw is not None else None
+
+    def delete(self, key: str) -> None:
+        self.client.delete(self.prefix + key)
+
+
+def open_store(url: str | None, instance_path: str) -> SessionStore:
+    """`sqlite:///path`, `redis://host:port/db`, or None for an SQLite file in the instance folder."""
+    if not url:
+        Path(instance_path).mkdir(parents=True, exist_ok=True)
+        return SQLiteStore(Path(instance_path) / "sessions.sqlite3")
+    if url.startswith("sqlite:///"):
+        return SQLiteStore(url.removeprefix("sqlite:///"))
+    if url.startswith(("redis://", "rediss://", "unix://")):
+        return RedisStore(url)
+    raise ConfigError(f"IMAGING_SESSION_STORE {url!r} must start with sqlite:/// or redis://")
+
+
+def store() -> SessionStore:
+    return current_app.extensions["session_store"]
+
+
+def init_app(app: Flask) -> None:
+    configured = app.config.get("SESSION_STORE")
+    app.extensions["session_store"] = (
+        configured if not isinstance(configured, str | None) else open_store(configured, app.instance_path)
+    )
