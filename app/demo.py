@@ -87,7 +87,8 @@ def serve_demo(port: int = 0, **options: Any) -> Iterator[Demo]:
     base_url = f"http://127.0.0.1:{server.server_port}"
     app, sandbox = build_demo(base_url, **options)
     server.app = DispatcherMiddleware(app, {"/sandbox": sandbox})
-    thread = threading.Thread(target=server.serve_forever, name="demo-server", daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="demo-server",
+                              daemon=True)
     thread.start()
     try:
         yield Demo(base_url, app, sandbox, server)

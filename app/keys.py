@@ -109,7 +109,9 @@ def jwks():
 
 def init_app(app: Flask) -> None:
     path = app.config.get("PRIVATE_KEY_FILE")
-    if path:
+    if isinstance(app.config.get("APP_KEYS"), AppKeys):  # shared by tests to save key generation
+        app.extensions["app_keys"] = app.config["APP_KEYS"]
+    elif path:
         app.extensions["app_keys"] = load_keys(path)
     else:
         log.info("no IMAGING_TIMELINE_KEY_FILE: generated signing keys for this run")

@@ -13,7 +13,7 @@ from werkzeug.serving import make_server
 def serve(wsgi_app) -> Iterator[str]:
     """Yield the base URL (http://127.0.0.1:PORT) of `wsgi_app` served on a free port."""
     server = make_server("127.0.0.1", 0, wsgi_app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
         yield f"http://127.0.0.1:{server.server_port}"
