@@ -158,6 +158,33 @@ class ArchiveResponseError(ArchiveError):
     code = "archive-bad-response"
 
 
+class ArchiveUnavailable(ArchiveError):
+    """The archive could not be reached or answered with a server error (5xx); try again later."""
+
+    status = 503
+    code = "archive-unavailable"
+
+
+class ArchiveConfigError(ArchiveError):
+    """This archive's configuration cannot be used at request time (e.g. a secret env var is unset)."""
+
+    code = "archive-config"
+
+
+class ArchiveNotLinked(ArchiveError):
+    """The patient has no identifier in this archive's domain, so it is not queried at all."""
+
+    status = 404
+    code = "archive-not-linked"
+
+
+class ResponseTooLarge(AppError):
+    """An outbound HTTP answer exceeded its size cap; it was cut and not used."""
+
+    status = 502
+    code = "response-too-large"
+
+
 def _wants_json() -> bool:
     if request.path.startswith("/api/") or request.path == "/health":
         return True

@@ -162,6 +162,8 @@ class ArchiveStatus:
     dropped: int = 0  # studies withheld by the wrong-patient guard
     reason: str | None = None
     source: str = "config"  # "config" or "discovered"
+    skipped: int = 0  # unusable records (no StudyInstanceUID, invalid date), not identity problems
+    error: str | None = None  # the ArchiveError code when status is "error"/"timeout"
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

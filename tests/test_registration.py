@@ -52,7 +52,7 @@ def test_unreadable_file_says_which_file(tmp_path):
 def test_exact_issuer_ignores_a_trailing_slash_only():
     reg = parse_registration(BASE)
     assert reg.issuer("https://ehr.example.org/fhir/").iss == "https://ehr.example.org/fhir"
-    with pytest.raises(UnknownIssuer, match="is not in launch.json `issuers`"):
+    with pytest.raises(UnknownIssuer, match=r"is not in launch\.json `issuers`"):
         reg.issuer("https://ehr.example.org/fhir2")
 
 
