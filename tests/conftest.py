@@ -27,3 +27,82 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         session.exitstatus = 1
         if reporter:
             reporter.write_line(f"CI=true: {skipped} test(s) skipped; every component must run in CI.", red=True)
+
+
+# --- Archives and federation (tests/test_archive_*.py, test_identity.py, test_federation.py) ------
+
+
+@pytest.fixture(scope="session")
+def orthanc(tmp_path_factory: pytest.TempPathFactory):
+    """A real Orthanc + DICOMweb plugin on a free loopback port, seeded with tests/orthanc.py SEED.
+
+    Yields the DICOMweb base URL (http://127.0.0.1:PORT/dicom-web).
+    """
+    from orthanc import SEED, installed, running_orthanc, upload
+
+    if not installed():
+        message = "Orthanc not installed: apt-get install orthanc orthanc-dicomweb"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
+    with running_orthanc(tmp_path_factory.mktemp("orthanc")) as root:
+        upload(root, list(SEED.values()))
+        yield f"{root}/dicom-web"
+
+
+@pytest.fixture
+def threaded_httpserver():
+    """A pytest-httpserver that serves requests concurrently (for slow-archive tests)."""
+    from pytest_httpserver import HTTPServer
+
+    server = HTTPServer(threaded=True)
+    server.start()
+    yield server
+    server.clear()
+    if server.is_running():
+        server.stop()
+
+
+@pytest.fixture
+def other_host():
+    """A second HTTP server: a different origin that must never receive a request or a token."""
+    from pytest_httpserver import HTTPServer
+
+    server = HTTPServer()
+    server.start()
+    yield server
+    server.clear()
+    if server.is_running():
+        server.stop()
+
+
+MRN_SYSTEM = "urn:oid:2.16.840.1.113883.3.7418.1.1"
+OUTSIDE_SYSTEM = "urn:oid:2.16.840.1.113883.3.7418.2.1"
+EHR_TOKEN = "ehr-token"
+
+
+@pytest.fixture
+def jane():
+    """The launched patient: Jane Doe, MRN-1001 in the EHR's MRN domain, OUT-77 at the outside facility."""
+    from datetime import date
+
+    from app.models import Identifier, PatientSummary
+
+    return PatientSummary(id="pat-1", name="Jane Doe", birth_date=date(1970, 1, 1), sex="female",
+                          identifiers=(Identifier(MRN_SYSTEM, "MRN-1001"), Identifier(OUTSIDE_SYSTEM, "OUT-77")))
+
+
+class StaticEhrToken:
+    """An EhrTokenProvider double that counts how often it was asked."""
+
+    def __init__(self, token: str = EHR_TOKEN) -> None:
+        self.token, self.calls = token, 0
+
+    def access_token(self) -> str:
+        self.calls += 1
+        return self.token
+
+
+@pytest.fixture
+def ehr_token() -> StaticEhrToken:
+    return StaticEhrToken()

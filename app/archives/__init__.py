@@ -1,0 +1,1 @@
+"""Archive adapters (FHIR, DICOMweb), their configuration and their credentials."""

@@ -1,0 +1,178 @@
+"""The archive seam: the Archive Protocol, what an archive answers, and the bounded HTTP client they share."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import date
+from typing import Any, Protocol
+
+import requests
+from urllib3.exceptions import ReadTimeoutError
+
+from ..errors import (
+    ArchiveAuthError,
+    ArchiveError,
+    ArchiveResponseError,
+    ArchiveTimeout,
+    ArchiveUnavailable,
+    ResponseTooLarge,
+)
+from ..http import Deadline, HttpAnswer, fetch
+from ..models import Identifier, Order, Report, Study
+from .auth import Credentials
+from .config import ArchiveConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class PatientRef:
+    """Whom to look for in one archive: the EHR's patient id, or the patient's identifier in the archive's domain."""
+
+    archive_id: str
+    base: str  # the archive's resolved base URL
+    patient_id: str | None = None  # FHIR id, on the EHR archive only
+    identifier: Identifier | None = None  # value in the archive's identifier_system
+    issuer: str | None = None  # DICOM IssuerOfPatientID the archive files the identifier under
+
+
+@dataclass(frozen=True, slots=True)
+class Subject:
+    """What an archive says about whose record this is: the evidence the wrong-patient guard checks."""
+
+    reference: str | None = None  # FHIR subject reference as given
+    identifiers: tuple[Identifier, ...] = ()  # DICOM: (IssuerOfPatientID or "", PatientID)
+    dicom: bool = False  # identifiers are DICOM PatientID/IssuerOfPatientID, not FHIR system|value
+    issuer_present: bool = True  # DICOM: whether IssuerOfPatientID was in the answer at all
+    name: str | None = None  # display form, compared loosely (badge only)
+    birth_date: date | None = None
+    sex: str | None = None  # FHIR administrative gender
+
+
+@dataclass(slots=True)
+class Candidate:
+    """A study as one archive returned it, not yet checked against the launched patient."""
+
+    study: Study
+    subject: Subject
+    refs: tuple[str, ...] = ()  # FHIR references naming this ImagingStudy ("ImagingStudy/1", full URL)
+    based_on: tuple[str, ...] = ()  # ImagingStudy.basedOn references ("ServiceRequest/9")
+
+
+@dataclass(slots=True)
+class LinkedReport:
+    """A DiagnosticReport with what links it to studies."""
+
+    report: Report
+    subject: Subject
+    study_refs: tuple[str, ...] = ()  # DiagnosticReport.imagingStudy references
+    accession: str | None = None
+    study_uids: set[str] = field(default_factory=set)  # resolved from study_refs
+
+
+@dataclass(slots=True)
+class LinkedOrder:
+    """A ServiceRequest with what links it to studies."""
+
+    order: Order
+    subject: Subject
+    refs: tuple[str, ...] = ()  # references naming this ServiceRequest
+    study_uids: set[str] = field(default_factory=set)  # studies whose basedOn names it
+
+
+@dataclass(slots=True)
+class ArchiveAnswer:
+    """Raw candidates from one archive, plus what it had to skip and why (no PHI in `notes`)."""
+
+    candidates: list[Candidate] = field(default_factory=list)
+    reports: list[LinkedReport] = field(default_factory=list)
+    orders: list[LinkedOrder] = field(default_factory=list)
+    skipped: Counter[str] = field(default_factory=Counter)  # unusable records, by reason
+    notes: list[str] = field(default_factory=list)
+    ignored_endpoints: int = 0  # ImagingStudy.endpoint addresses outside every configured archive
+
+    def skip(self, reason: str) -> None:
+        self.skipped[reason] += 1
+
+
+class Archive(Protocol):
+    """One searchable archive kind (FHIR server, DICOMweb QIDO-RS); tests and the sandbox fit the same slot."""
+
+    config: ArchiveConfig
+
+    def search(self, ref: PatientRef, deadline: Deadline) -> ArchiveAnswer:
+        """Every candidate study (and report/order) the archive files under `ref`."""
+        ...
+
+    def complete(self, studies: list[Study], deadline: Deadline) -> None:
+        """Fill details that need extra requests, for studies that passed the guard only."""
+        ...
+
+
+class ArchiveClient:
+    """GETs against one archive: credentials per target URL, a timeout, a deadline and a size cap."""
+
+    def __init__(self, config: ArchiveConfig, http: requests.Session, credentials: Credentials, *,
+                 max_bytes: int) -> None:
+        self.config, self.http, self.credentials, self.max_bytes = config, http, credentials, max_bytes
+
+    def get(self, url: str, *, deadline: Deadline, accept: str, params: Any = None) -> HttpAnswer:
+        """One GET; transport failures become ArchiveError subclasses with readable reasons."""
+        headers = {"Accept": accept, **self.credentials.headers_for(url, deadline)}
+        try:
+            return fetch(self.http, "GET", url, params=params, headers=headers, deadline=deadline,
+                         timeout=self.config.timeout_s, max_bytes=self.max_bytes)
+        except ResponseTooLarge as exc:
+            raise ArchiveResponseError(exc.message) from exc
+        except requests.Timeout as exc:
+            raise ArchiveTimeout(f"no answer within {self.config.timeout_s:g} s") from exc
+        except requests.ConnectionError as exc:
+            if any(isinstance(arg, ReadTimeoutError) for arg in exc.args):
+                raise ArchiveTimeout(f"no answer within {self.config.timeout_s:g} s") from exc
+            # str(exc) holds the URL (with the patient's id in the query): never put it in a reason.
+            what = "connection refused" if "refused" in str(exc).lower() else "could not connect"
+            raise ArchiveUnavailable(f"archive unreachable ({what})") from exc
+        except requests.RequestException as exc:
+            raise ArchiveUnavailable(f"request failed ({type(exc).__name__})") from exc
+
+    def json(self, answer: HttpAnswer, *, empty: Any) -> Any:
+        """The parsed body of a successful answer (`empty` for 204 No Content), else an ArchiveError."""
+        raise_for_status(answer)
+        if answer.status == 204 or not answer.body.strip():
+            return empty
+        try:
+            return answer.json()
+        except ValueError as exc:
+            raise ArchiveResponseError("answer was not JSON") from exc
+
+
+def raise_for_status(answer: HttpAnswer) -> None:
+    """Turn an unusable HTTP status into the ArchiveError that says what to do about it."""
+    status = answer.status
+    if status in (200, 204):
+        return
+    if status in (401, 403):
+        what = "credentials not accepted" if status == 401 else "access refused"
+        raise ArchiveAuthError(f"HTTP {status} ({what})")
+    if status in (429, 503):
+        raise ArchiveUnavailable(f"HTTP {status}{_retry_after(answer.headers)}")
+    if status >= 500:
+        raise ArchiveUnavailable(f"HTTP {status}")
+    if 300 <= status < 400:
+        raise ArchiveResponseError(f"HTTP {status} redirect, not followed")
+    raise ArchiveResponseError(f"HTTP {status}")
+
+
+def _retry_after(headers: Mapping[str, str]) -> str:
+    value = (headers.get("Retry-After") or "").strip()
+    if not value:
+        return ""
+    return f" (Retry-After {value} s)" if value.isdigit() else f" (Retry-After {value[:40]})"
+
+
+def error_reason(exc: ArchiveError) -> str:
+    """The status reason shown for a failed archive (already PHI- and secret-free by construction)."""
+    return exc.message

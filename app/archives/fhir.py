@@ -1,0 +1,322 @@
+"""FHIR archives (the EHR, another facility): ImagingStudy search, Endpoint resolution, reports and orders.
+
+Resources are parsed leniently with fhirclient models (`strict=False`): real servers send
+resources that miss required elements, and one bad field must not hide a patient's study.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from datetime import datetime
+from typing import Any
+from urllib.parse import urljoin, urlsplit
+
+from fhirclient.models.diagnosticreport import DiagnosticReport
+from fhirclient.models.imagingstudy import ImagingStudy
+from fhirclient.models.patient import Patient
+from fhirclient.models.servicerequest import ServiceRequest
+
+from ..errors import ArchiveError, ArchiveResponseError
+from ..fhir import human_name  # the EHR reader's name rendering, so names compare like for like
+from ..http import Deadline, same_origin, under
+from ..models import Identifier, LaunchContext, Order, Report, Study, StudyEndpoint
+from .base import ArchiveAnswer, ArchiveClient, Candidate, LinkedOrder, LinkedReport, PatientRef, Subject
+from .config import ArchiveConfig
+
+log = logging.getLogger(__name__)
+
+ACCEPT = "application/fhir+json, application/json;q=0.9"
+DICOM_UID = "urn:dicom:uid"  # FHIR R4 ImagingStudy.identifier: the StudyInstanceUID as urn:oid:...
+ACSN = "ACSN"  # v2-0203 identifier type "Accession ID"
+ABNORMAL = {"A", "AA", "H", "HH", "L", "LL", "HU", "LU", "abnormal"}  # v3 ObservationInterpretation
+CRITICAL = {"AA", "HH", "LL", "critical"}
+MAX_PAGES = 50
+MAX_LOOKUPS = 50  # Patient/Endpoint reads per search when the server did not _include them
+PAGE = 100
+
+
+def token(system: str, value: str) -> str:
+    """A FHIR token search value `system|value`, escaping `\\ | , $` (FHIR R4 §3.1.1.5.7)."""
+    def esc(s: str) -> str:
+        return s.replace("\\", "\\\\").replace("|", "\\|").replace(",", "\\,").replace("$", "\\$")
+    return f"{esc(system)}|{esc(value)}"
+
+
+class FhirArchive:
+    """Searches one FHIR server for a patient's ImagingStudy resources (and, on the EHR, reports and orders)."""
+
+    def __init__(self, config: ArchiveConfig, client: ArchiveClient, *, base: str, ctx: LaunchContext,
+                 archive_bases: Sequence[tuple[str, str]] = ()) -> None:
+        self.config, self.client, self.ctx = config, client, ctx
+        self.base = base.rstrip("/")
+        self.archive_bases = archive_bases  # (archive id, base URL) of every DICOMweb archive
+        self._lookups = 0
+
+    # --- search ---------------------------------------------------------------------------------
+
+    def search(self, ref: PatientRef, deadline: Deadline) -> ArchiveAnswer:
+        answer = ArchiveAnswer()
+        count = min(PAGE, self.config.max_results)
+        if ref.patient_id is not None:
+            variants = [{"patient": ref.patient_id}]
+        elif ref.identifier is not None:
+            # Chained search on the subject's identifier; some servers only know the explicit
+            # `subject:Patient.identifier` form (FHIR R4 §3.1.1.5.6 chaining).
+            value = token(ref.identifier.system, ref.identifier.value)
+            variants = [{"patient.identifier": value}, {"subject:Patient.identifier": value}]
+        else:
+            raise ArchiveError("a FHIR archive is searched by patient id or identifier only")
+        included: dict[str, dict[str, Any]] = {}
+        studies: list[tuple[str | None, dict[str, Any]]] = []
+        includes = ["ImagingStudy:endpoint"] + ([] if ref.patient_id else ["ImagingStudy:subject"])
+        # A server that rejects (rather than ignores) an unsupported _include gets one plain retry.
+        params = [{**v, "_include": includes, "_count": count} for v in variants]
+        params.append({**variants[-1], "_count": count})
+        for full_url, resource in self._search("ImagingStudy", params, deadline, answer, included):
+            studies.append((full_url, resource))
+            if len(studies) >= self.config.max_results:
+                break
+        for full_url, resource in studies:
+            cand = self._candidate(resource, full_url, included, answer, deadline)
+            if cand is not None:
+                answer.candidates.append(cand)
+        if ref.patient_id is not None and self.config.is_ehr:
+            self._reports_and_orders(ref.patient_id, deadline, answer, included)
+        return answer
+
+    def complete(self, studies: list[Study], deadline: Deadline) -> None:
+        """Nothing to add: ImagingStudy already carries series-level detail."""
+
+    def _search(self, rtype: str, variants: list[dict[str, Any]], deadline: Deadline, answer: ArchiveAnswer,
+                included: dict[str, dict[str, Any]]) -> Iterator[tuple[str | None, dict[str, Any]]]:
+        """Matches of a search across pages; `_include`d resources go to `included` (by reference)."""
+        url: str | None = f"{self.base}/{rtype}"
+        bundle = None
+        for n, params in enumerate(variants):
+            http_answer = self.client.get(url, params=params, accept=ACCEPT, deadline=deadline)
+            if http_answer.status == 400 and n + 1 < len(variants):
+                continue
+            bundle = self._bundle(self.client.json(http_answer, empty=None))
+            break
+        for _ in range(MAX_PAGES):
+            for entry in bundle["entry"]:
+                resource = entry.get("resource") if isinstance(entry, dict) else None
+                if not isinstance(resource, dict):
+                    answer.skip("bundle entry without a resource")
+                    continue
+                full_url = entry.get("fullUrl") if isinstance(entry.get("fullUrl"), str) else None
+                mode = (entry.get("search") or {}).get("mode", "match") if isinstance(entry.get("search"), dict) \
+                    else "match"
+                if resource.get("resourceType") == rtype and mode == "match":
+                    yield full_url, resource
+                else:
+                    for key in _keys(resource, full_url):
+                        included[key] = resource
+            url = self._next(bundle, answer)
+            if url is None:
+                return
+            bundle = self._bundle(self.client.json(self.client.get(url, accept=ACCEPT, deadline=deadline), empty=None))
+        answer.notes.append(f"stopped after {MAX_PAGES} pages")
+
+    def _bundle(self, body: Any) -> dict[str, Any]:
+        if body is None:  # 204 No Content: nothing found
+            return {"resourceType": "Bundle", "entry": []}
+        if not isinstance(body, dict) or body.get("resourceType") != "Bundle":
+            raise ArchiveResponseError("answer was not a FHIR Bundle")
+        entries = body.get("entry", [])
+        if not isinstance(entries, list):
+            raise ArchiveResponseError("answer was not a FHIR Bundle (entry is not a list)")
+        return {**body, "entry": entries}
+
+    def _next(self, bundle: dict[str, Any], answer: ArchiveAnswer) -> str | None:
+        links = bundle.get("link") if isinstance(bundle.get("link"), list) else []
+        nxt = next((lk.get("url") for lk in links if isinstance(lk, dict) and lk.get("relation") == "next"), None)
+        if not isinstance(nxt, str) or not nxt:
+            return None
+        nxt = urljoin(self.base + "/", nxt)
+        # FHIR R4 §3.1.1.6 paging: next links are opaque, but our credentials are bound to this
+        # server's origin, so a next link elsewhere ends the search (it is never requested).
+        if not same_origin(nxt, self.base):
+            log.warning("archive %s: next page on another host (%s) not followed", self.config.id,
+                        urlsplit(nxt).hostname)
+            answer.notes.append("next page on another host not followed")
+            return None
+        return nxt
+
+    # --- ImagingStudy -> Candidate --------------------------------------------------------------
+
+    def _candidate(self, raw: dict[str, Any], full_url: str | None, included: dict[str, dict[str, Any]],
+                   answer: ArchiveAnswer, deadline: Deadline) -> Candidate | None:
+        res = ImagingStudy(raw, strict=False)
+        uid = next((_strip_oid(i.value) for i in res.identifier or [] if i.system == DICOM_UID and i.value), None)
+        if not uid:
+            answer.skip("no StudyInstanceUID")
+            return None
+        started: datetime | None = res.started.datetime if res.started is not None else None
+        if raw.get("started") is not None and started is None:
+            answer.skip("invalid date")
+            return None
+        series = res.series or []
+        modalities = [c.code for c in res.modality or [] if c.code]
+        modalities += [s.modality.code for s in series if s.modality and s.modality.code]
+        sites = [s.bodySite.display or s.bodySite.code for s in series if s.bodySite]
+        study = Study(
+            uid=uid,
+            started=started,
+            modalities=tuple(dict.fromkeys(modalities)),
+            description=res.description,
+            body_sites=tuple(dict.fromkeys(s for s in sites if s)),
+            procedure_codes=tuple(t for t in (_text(c) for c in res.procedureCode or []) if t),
+            accession=_accession(res.identifier),
+            series_count=res.numberOfSeries if isinstance(res.numberOfSeries, int) else None,
+            instance_count=res.numberOfInstances if isinstance(res.numberOfInstances, int) else None,
+            referrer=res.referrer.display if res.referrer else None,
+            facility=(res.location.display if res.location and res.location.display else self.config.name),
+            sources=[self.config.id],
+            endpoints=self._endpoints(raw, included, answer, deadline),
+        )
+        return Candidate(study=study, subject=self._subject(res, included, deadline),
+                         refs=tuple(_keys(raw, full_url)),
+                         based_on=tuple(r.reference for r in res.basedOn or [] if r.reference))
+
+    def _subject(self, res: ImagingStudy, included: dict[str, dict[str, Any]], deadline: Deadline) -> Subject:
+        ref = res.subject
+        if ref is None:
+            return Subject()
+        idents = []
+        if ref.identifier is not None and ref.identifier.system and ref.identifier.value:
+            idents.append(Identifier(ref.identifier.system, ref.identifier.value))
+        if self.config.is_ehr or not ref.reference:  # the EHR is checked by reference alone
+            return Subject(reference=ref.reference, identifiers=tuple(idents))
+        # Elsewhere the identifier decides: an _include'd Patient adds demographics; without one,
+        # the Patient is only read when the reference carries no identifier of its own.
+        key = urljoin(self.base + "/", ref.reference)
+        patient_raw = included.get(ref.reference) or included.get(key)
+        if patient_raw is None and not idents:
+            patient_raw = self._resolve(ref.reference, "Patient", included, deadline)
+        if patient_raw is None:
+            return Subject(reference=ref.reference, identifiers=tuple(idents))
+        patient = Patient(patient_raw, strict=False)
+        idents += [Identifier(i.system, i.value) for i in patient.identifier or [] if i.system and i.value]
+        return Subject(reference=ref.reference, identifiers=tuple(idents), name=human_name(patient),
+                       birth_date=patient.birthDate.date if patient.birthDate else None, sex=patient.gender)
+
+    def _resolve(self, reference: str, rtype: str, included: dict[str, dict[str, Any]],
+                 deadline: Deadline) -> dict[str, Any] | None:
+        """An included resource, else one read from this server (never from another host)."""
+        if reference in included:
+            return included[reference]
+        url = urljoin(self.base + "/", reference)
+        if url in included:
+            return included[url]
+        if not under(url, self.base) or self._lookups >= MAX_LOOKUPS:
+            return None
+        self._lookups += 1
+        try:
+            body = self.client.json(self.client.get(url, accept=ACCEPT, deadline=deadline), empty=None)
+        except ArchiveError as exc:
+            log.info("archive %s: %s lookup failed (%s)", self.config.id, rtype, exc.code)
+            return None
+        if not isinstance(body, dict) or body.get("resourceType") != rtype:
+            return None
+        included[reference] = body
+        return body
+
+    def _endpoints(self, raw: dict[str, Any], included: dict[str, dict[str, Any]], answer: ArchiveAnswer,
+                   deadline: Deadline) -> list[StudyEndpoint]:
+        """ImagingStudy.endpoint (study and series level) that lie under a configured archive; others ignored."""
+        refs = list(_list(raw.get("endpoint")))
+        for series in _list(raw.get("series")):
+            refs += _list(series.get("endpoint")) if isinstance(series, dict) else []
+        contained = {f"#{c.get('id')}": c for c in _list(raw.get("contained")) if isinstance(c, dict)}
+        found: list[StudyEndpoint] = []
+        for ref in refs:
+            reference = ref.get("reference") if isinstance(ref, dict) else None
+            if not isinstance(reference, str):
+                continue
+            endpoint = contained.get(reference) or self._resolve(reference, "Endpoint", included, deadline)
+            address = endpoint.get("address") if isinstance(endpoint, dict) else None
+            if not isinstance(address, str):
+                continue
+            archive_id = next((aid for aid, base in self.archive_bases if under(address, base)), None)
+            if archive_id is None:
+                answer.ignored_endpoints += 1
+                log.info("archive %s: endpoint at unconfigured host %s ignored", self.config.id,
+                         urlsplit(address).hostname)
+                continue
+            address = address.rstrip("/")
+            if all(e.address != address for e in found):
+                found.append(StudyEndpoint(archive_id, address))
+        return found
+
+    # --- DiagnosticReport and ServiceRequest (EHR only) -----------------------------------------
+
+    def _reports_and_orders(self, patient_id: str, deadline: Deadline, answer: ArchiveAnswer,
+                            included: dict[str, dict[str, Any]]) -> None:
+        count = min(PAGE, self.config.max_results)
+        for rtype, build in (("DiagnosticReport", self._report), ("ServiceRequest", self._order)):
+            if not self.ctx.can_read(rtype):
+                continue
+            try:
+                for n, (full_url, raw) in enumerate(self._search(rtype, [{"patient": patient_id, "_count": count}],
+                                                                 deadline, answer, included)):
+                    if n >= self.config.max_results:
+                        break
+                    build(raw, full_url, answer)
+            except ArchiveError as exc:
+                # Studies are still worth showing without their reports; say what is missing.
+                answer.notes.append(f"{rtype} unavailable ({exc.message})")
+
+    def _report(self, raw: dict[str, Any], full_url: str | None, answer: ArchiveAnswer) -> None:
+        res = DiagnosticReport(raw, strict=False)
+        codes = {c.code for cc in res.conclusionCode or [] for c in cc.coding or [] if c.code}
+        report = Report(id=res.id or "", status=res.status or "unknown", conclusion=res.conclusion,
+                        issued=res.issued.datetime if res.issued else None, abnormal=bool(codes & ABNORMAL),
+                        critical=bool(codes & CRITICAL), source=self.config.id)
+        answer.reports.append(LinkedReport(
+            report=report, subject=Subject(reference=res.subject.reference if res.subject else None),
+            study_refs=tuple(r.reference for r in res.imagingStudy or [] if r.reference),
+            accession=_accession(res.identifier)))
+
+    def _order(self, raw: dict[str, Any], full_url: str | None, answer: ArchiveAnswer) -> None:
+        res = ServiceRequest(raw, strict=False)
+        order = Order(id=res.id or "", priority=res.priority, status=res.status,
+                      code_text=_text(res.code) if res.code else None,
+                      accession=_accession(res.identifier),
+                      source=self.config.id)
+        answer.orders.append(LinkedOrder(order=order, subject=Subject(
+            reference=res.subject.reference if res.subject else None), refs=tuple(_keys(raw, full_url))))
+
+
+def _keys(resource: dict[str, Any], full_url: str | None) -> list[str]:
+    """The references that may name `resource`: `Type/id` and its fullUrl."""
+    keys = []
+    if isinstance(resource.get("resourceType"), str) and isinstance(resource.get("id"), str):
+        keys.append(f"{resource['resourceType']}/{resource['id']}")
+    if full_url:
+        keys.append(full_url)
+    return keys
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _strip_oid(value: str) -> str:
+    return value.removeprefix("urn:oid:")
+
+
+def _text(concept: Any) -> str | None:
+    if concept.text:
+        return concept.text
+    coding = next(iter(concept.coding or []), None)
+    return (coding.display or coding.code) if coding else None
+
+
+def _accession(identifiers: Any) -> str | None:
+    for ident in identifiers or []:
+        codes = {c.code for c in (ident.type.coding or [])} if ident.type else set()
+        if ACSN in codes and ident.value:
+            return ident.value
+    return None

@@ -1,0 +1,115 @@
+"""Bounded, timed outbound HTTP: every call has a timeout, a deadline, a size cap and no redirects."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import requests
+
+from .errors import ResponseTooLarge
+
+CHUNK = 64 * 1024
+
+
+def origin(url: str) -> tuple[str, str, int | None]:
+    """(scheme, host, port) with the default port made explicit: the unit tokens are bound to."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    port = parts.port or {"http": 80, "https": 443}.get(scheme)
+    return scheme, (parts.hostname or "").lower(), port
+
+
+def same_origin(a: str, b: str) -> bool:
+    return origin(a) == origin(b)
+
+
+def under(url: str, base: str) -> bool:
+    """Whether `url` lies at or below `base` (same origin, path prefix on a segment boundary)."""
+    if not same_origin(url, base):
+        return False
+    path, root = urlsplit(url).path, urlsplit(base).path.rstrip("/")
+    return path == root or path.startswith(root + "/")
+
+
+@dataclass(frozen=True)
+class Deadline:
+    """An absolute point on a monotonic clock; requests get `min(timeout, time left)`."""
+
+    at: float
+    clock: Callable[[], float] = field(default=time.monotonic, compare=False)
+
+    @classmethod
+    def after(cls, seconds: float, clock: Callable[[], float] = time.monotonic) -> Deadline:
+        return cls(clock() + seconds, clock)
+
+    def remaining(self) -> float:
+        return self.at - self.clock()
+
+    def expired(self) -> bool:
+        return self.remaining() <= 0
+
+    def timeout(self, cap: float) -> float:
+        """Seconds to allow the next network wait; raises requests.Timeout once the deadline has passed."""
+        left = self.remaining()
+        if left <= 0:
+            raise requests.Timeout("deadline passed")
+        return min(cap, left)
+
+    def earliest(self, other: Deadline) -> Deadline:
+        return self if self.at <= other.at else other
+
+
+@dataclass(frozen=True)
+class HttpAnswer:
+    """A fully read (and size-checked) HTTP response."""
+
+    url: str
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+
+    @property
+    def content_type(self) -> str:
+        return self.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
+
+    def json(self) -> Any:
+        """The body parsed as JSON; ValueError if it is not."""
+        return json.loads(self.body)
+
+
+def fetch(http: requests.Session, method: str, url: str, *, deadline: Deadline, timeout: float,
+          max_bytes: int, params: Any = None, headers: Mapping[str, str] | None = None,
+          data: Any = None) -> HttpAnswer:
+    """One request, read in chunks so that neither size nor total time can exceed the caps.
+
+    Raises requests.RequestException (including Timeout when the deadline passes while reading)
+    or ResponseTooLarge. Redirects are never followed: a redirect could carry credentials to a
+    host they were not issued for.
+    """
+    resp = http.request(method, url, params=params, headers=dict(headers or {}), data=data,
+                        timeout=deadline.timeout(timeout), stream=True, allow_redirects=False)
+    try:
+        chunks: list[bytes] = []
+        size = 0
+        for chunk in resp.iter_content(CHUNK):
+            size += len(chunk)
+            if size > max_bytes:
+                raise ResponseTooLarge(f"answer over {_human(max_bytes)}, cut")
+            chunks.append(chunk)
+            deadline.timeout(timeout)
+        return HttpAnswer(resp.url or url, resp.status_code, dict(resp.headers), b"".join(chunks))
+    finally:
+        resp.close()
+
+
+def _human(n: int) -> str:
+    if n >= 1024 * 1024 and n % (1024 * 1024) == 0:
+        return f"{n // (1024 * 1024)} MB"
+    if n >= 1024 and n % 1024 == 0:
+        return f"{n // 1024} kB"
+    return f"{n} bytes"
