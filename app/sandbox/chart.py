@@ -1,0 +1,75 @@
+"""The sandbox EHR's own pages: the chart (patient list + app iframe), the EHR launch, patients JSON, style."""
+
+from __future__ import annotations
+
+import re
+import secrets
+from urllib.parse import urlencode
+
+from flask import Blueprint, jsonify, redirect, render_template, request, url_for
+
+from .data import MRN_SYSTEM, OUTSIDE_SYSTEM, PRACTITIONER_ID
+from .runtime import fhir_base, runtime
+from .smart import STYLE
+from .store import LaunchRecord
+
+bp = Blueprint("chart", __name__)
+FHIR_CONTEXT = re.compile(r"^[A-Z][A-Za-z]{1,40}/[A-Za-z0-9\-.]{1,64}$")
+INTENTS = re.compile(r"^[a-z][a-z0-9\-_]{0,40}$")
+
+
+def _page_error(status: int, title: str, message: str):
+    return render_template("sandbox/error.html", status=status, title=title, message=message), status
+
+
+@bp.get("/")
+def chart():
+    """The EHR chart: pick a patient and the app opens in the embedded frame (EHR launch)."""
+    rt = runtime()
+    selected = request.args.get("patient")
+    if selected is not None and rt.data.patient(selected) is None:
+        return _page_error(404, "No such patient", "That patient is not in this sandbox EHR.")
+    standalone = f"{rt.config.app_launch_url}?{urlencode({'iss': fhir_base()})}"
+    return render_template("sandbox/chart.html", patients=rt.data.patients, selected=selected,
+                           standalone_url=standalone)
+
+
+@bp.get("/launch")
+def launch():
+    """EHR launch: remember the context under an opaque id and send the browser to the app."""
+    rt = runtime()
+    patient = rt.data.patient(request.args.get("patient", ""))
+    if patient is None:
+        return _page_error(404, "No such patient", "That patient is not in this sandbox EHR.")
+    fhir_context = tuple(v for v in request.args.get("fhir_context", "").split(",") if v)
+    if any(not FHIR_CONTEXT.match(ref) for ref in fhir_context):
+        return _page_error(400, "Bad launch", "fhir_context must be references such as ImagingStudy/abc.")
+    intent = request.args.get("intent") or None
+    if intent is not None and not INTENTS.match(intent):
+        return _page_error(400, "Bad launch", "intent must be a short lower-case word.")
+    record = LaunchRecord(
+        id=secrets.token_urlsafe(24), patient_id=patient.id, practitioner_id=PRACTITIONER_ID,
+        created_at=rt.clock(), encounter_id=patient.encounter_id,
+        need_patient_banner=request.args.get("embedded") != "1", style=request.args.get("style") == "1",
+        intent=intent, fhir_context=fhir_context, tenant=request.args.get("tenant") or None)
+    rt.store.add_launch(record)
+    return redirect(f"{rt.config.app_launch_url}?{urlencode({'iss': fhir_base(), 'launch': record.id})}", 302)
+
+
+@bp.get("/patients")
+def patients():
+    """The sandbox patients as JSON (for tests and the demo's own pickers)."""
+    rows = []
+    for p in runtime().data.patients:
+        identifiers = [{"system": MRN_SYSTEM, "value": p.mrn}]
+        if p.outside_mrn:
+            identifiers.append({"system": OUTSIDE_SYSTEM, "value": p.outside_mrn})
+        rows.append({"id": p.id, "name": p.name, "birthDate": p.birth_date.isoformat(), "gender": p.gender,
+                     "identifiers": identifiers, "launch_url": url_for("chart.launch", patient=p.id, _external=True)})
+    return jsonify(rows)
+
+
+@bp.get("/smart-style.json")
+def smart_style():
+    """The EHR's style document (SMART App Launch 2.x, "Styling")."""
+    return jsonify(STYLE)
