@@ -37,13 +37,10 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(launch.bp)
     app.register_blueprint(timeline.bp)
 
-    try:
-        from . import api, federation
-    except ImportError:  # federation not built yet
-        pass
-    else:
-        federation.init_app(app)
-        app.register_blueprint(api.bp)
+    from . import api, federation
+
+    federation.init_app(app)
+    app.register_blueprint(api.bp)
 
     @app.get("/health")
     def health():

@@ -21,6 +21,9 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--port", type=int, default=8000)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # The development server logs every request line, query strings included (patient ids,
+    # authorization codes): keep it to warnings.
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
     try:
         if args.command == "demo":
             from .demo import run_demo

@@ -1,9 +1,11 @@
-"""The in-chart timeline page."""
+"""The in-chart timeline page: the shell paints at once, studies stream in per archive."""
 
 from __future__ import annotations
 
-from flask import Blueprint, render_template
+from flask import Blueprint, render_template, url_for
 
+from . import priors
+from .api import initial_statuses
 from .session import current_session
 
 bp = Blueprint("timeline", __name__)
@@ -12,5 +14,9 @@ bp = Blueprint("timeline", __name__)
 @bp.get("/timeline")
 def timeline():
     session = current_session()
-    return render_template("timeline.html", session=session, patient=session.patient, ctx=session.context,
-                           style=session.style or {})
+    return render_template(
+        "timeline.html", session=session, patient=session.patient, ctx=session.context,
+        style=session.style or {}, archives=initial_statuses(session),
+        stream_url=url_for("api.stream", patient=session.patient.id),
+        access_log_url=url_for("api.record_access"), prior_rules=priors.rules_json(),
+    )

@@ -1,0 +1,273 @@
+"""The session-bound JSON API: studies (whole or streamed per archive), thumbnails, access log."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+from flask import Blueprint, Response, current_app, jsonify, request, stream_with_context, url_for
+
+from . import priors
+from .archives.base import ArchiveClient, raise_for_status
+from .archives.config import ArchiveConfig, discover_archives
+from .errors import AppError, ArchiveError, FhirNotFound, LaunchError
+from .federation import federation, merge_studies
+from .http import Deadline
+from .launch import discovery
+from .models import ArchiveStatus, Study
+from .session import SmartSession, current_session
+from .session_store import store
+from .viewers import viewer_links
+
+log = logging.getLogger(__name__)
+access_log = logging.getLogger("app.access")
+bp = Blueprint("api", __name__, url_prefix="/api")
+
+THUMBNAIL_VIEWPORT = "160,160"
+THUMBNAIL_MAX_BYTES = 2 * 1024 * 1024
+
+
+# --- archives for this launch --------------------------------------------------------------------
+
+
+def discovered_archives(session: SmartSession) -> tuple[ArchiveConfig, ...]:
+    """Archives the EHR advertises (`associated_endpoints`, SMART Imaging Access) for this launch."""
+    fed = federation()
+    try:
+        config = discovery()(session.iss)
+    except AppError:
+        return ()
+    ehr = next((a for a in fed.archives if a.is_ehr), None)
+    return discover_archives(config.raw, session.iss, fed.archives,
+                             identifier_system=ehr.identifier_system if ehr else None)
+
+
+def archives_for(session: SmartSession) -> dict[str, ArchiveConfig]:
+    return {a.id: a for a in (*federation().archives, *discovered_archives(session))}
+
+
+def initial_statuses(session: SmartSession) -> list[ArchiveStatus]:
+    """What the page shows before any archive answers: "searching" (or "not-linked", known at once)."""
+    from .errors import ArchiveNotLinked
+    from .identity import link
+
+    statuses = []
+    for archive in archives_for(session).values():
+        try:
+            link(session.patient, archive, session.iss)
+            statuses.append(ArchiveStatus(archive.id, archive.name, "searching", source=archive.source))
+        except ArchiveNotLinked as exc:
+            statuses.append(ArchiveStatus(archive.id, archive.name, "not-linked", reason=exc.message,
+                                          source=archive.source))
+    return statuses
+
+
+# --- the study view the page renders -------------------------------------------------------------
+
+
+def study_view(study: Study, session: SmartSession, archives: dict[str, ArchiveConfig],
+               current_uid: str | None) -> dict[str, Any]:
+    """Study JSON plus what the page needs: region, attention reasons, viewer links, thumbnail URL."""
+    view = study.to_json()
+    view["region"] = priors.body_region(study)
+    view["region_label"] = priors.region_label(view["region"])
+    view["attention"] = priors.attention(study)
+    viewers = {aid: _viewer_table(a) for aid, a in archives.items() if a.viewer is not None}
+    view["viewers"] = viewer_links(study, viewers, patient_id=None)
+    view["thumbnail"] = _thumbnail_url(study, archives)
+    view["current"] = study.uid == current_uid
+    view["source_names"] = [archives[s].name if s in archives else s for s in study.sources]
+    return view
+
+
+def _viewer_table(archive: ArchiveConfig) -> dict[str, Any]:
+    viewer = archive.viewer
+    table = {"kind": viewer.kind, "url": viewer.url}
+    if archive.issuer_of_patient_id:
+        table["issuer_of_patient_id"] = archive.issuer_of_patient_id
+    if archive.kind == "dicomweb":
+        table["dicomweb_url"] = archive.base_url if archive.base_url != "ehr" else None
+    return table
+
+
+def _thumbnail_source(study: Study, archives: dict[str, ArchiveConfig]) -> str | None:
+    """A DICOMweb archive holding the study: a direct source first, else a vetted FHIR Endpoint."""
+    for source in study.sources:
+        if source in archives and archives[source].kind == "dicomweb":
+            return source
+    for endpoint in study.endpoints:
+        if endpoint.archive_id in archives and archives[endpoint.archive_id].kind == "dicomweb":
+            return endpoint.archive_id
+    return None
+
+
+def _thumbnail_url(study: Study, archives: dict[str, ArchiveConfig]) -> str | None:
+    source = _thumbnail_source(study, archives)
+    return url_for("api.thumbnail", archive_id=source, uid=study.uid) if source else None
+
+
+# --- which studies this session has been shown (the guard for thumbnails and the access log) ----
+
+
+def _remember_shown(session: SmartSession, studies: list[Study]) -> None:
+    key = f"shown:{session.id}"
+    shown = store().get(key) or {"patient": session.patient.id, "studies": {}}
+    for study in studies:
+        archives = set(shown["studies"].get(study.uid, []))
+        archives.update(study.sources)
+        archives.update(e.archive_id for e in study.endpoints)
+        shown["studies"][study.uid] = sorted(archives)
+    store().put(key, shown, current_app.config["SESSION_TTL_S"])
+
+
+def _was_shown(session: SmartSession, uid: str, archive_id: str) -> bool:
+    shown = store().get(f"shown:{session.id}")
+    return bool(shown and shown["patient"] == session.patient.id and archive_id in shown["studies"].get(uid, ()))
+
+
+# --- routes --------------------------------------------------------------------------------------
+
+
+def _session() -> SmartSession:
+    return current_session(expected_patient=request.args.get("patient"))
+
+
+@bp.get("/context")
+def context():
+    """The launch context the page may know (never a token)."""
+    session = _session()
+    ctx = session.context
+    return jsonify({
+        "patient": session.patient.to_json(),
+        "launch": {"kind": ctx.launch_kind, "need_patient_banner": ctx.need_patient_banner,
+                   "fhirContext": list(ctx.fhir_context), "intent": ctx.intent, "tenant": ctx.tenant,
+                   "encounter": ctx.encounter_id, "fhirUser": ctx.fhir_user,
+                   "scope": sorted(ctx.granted_scopes)},
+    })
+
+
+@bp.get("/studies")
+def studies():
+    """Every study of the launched patient across archives, merged, with per-archive statuses."""
+    session = _session()
+    archives = archives_for(session)
+    result = federation().search(session.patient, session.context, session, session_id=session.id,
+                                 extra_archives=tuple(a for a in archives.values() if a.source == "discovered"))
+    _remember_shown(session, result.studies)
+    current = priors.current_study(result.studies, session.context)
+    return jsonify({
+        "patient": session.patient.to_json(),
+        "studies": [study_view(s, session, archives, current.uid if current else None) for s in result.studies],
+        "archives": [a.to_json() for a in result.archives],
+    })
+
+
+def _event(name: str, data: Any) -> str:
+    return f"event: {name}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
+
+
+@bp.get("/studies/stream")
+def stream():
+    """Server-sent events: each archive's studies as soon as that archive answers.
+
+    SSE rather than one JSON answer: time to the first study is the fastest archive's latency,
+    and a slow archive shows as "searching" instead of holding the page. Each `studies` event
+    carries the merged state of every study that changed, so the browser only upserts rows.
+    """
+    session = _session()
+    archives = archives_for(session)
+    extra = tuple(a for a in archives.values() if a.source == "discovered")
+
+    def generate() -> Iterator[str]:
+        yield ": " + " " * 2048 + "\n\n"  # flush proxies' buffers so the first event is not held
+        raw: list[Study] = []
+        sent: dict[str, str] = {}
+        statuses = []
+        try:
+            for status, found in federation().iter_search(session.patient, session.context, session,
+                                                          session_id=session.id, extra_archives=extra):
+                statuses.append(status)
+                raw.extend(found)
+                merged = merge_studies(raw)
+                if found:
+                    _remember_shown(session, merged)
+                current = priors.current_study(merged, session.context)
+                changed = []
+                for study in merged:
+                    view = study_view(study, session, archives, current.uid if current else None)
+                    text = json.dumps(view, sort_keys=True)
+                    if sent.get(study.uid) != text:
+                        sent[study.uid] = text
+                        changed.append(view)
+                yield _event("archive", status.to_json())
+                if changed:
+                    yield _event("studies", {"archive": status.id, "studies": changed})
+            yield _event("done", {"archives": [s.to_json() for s in statuses], "count": len(sent)})
+        except AppError as exc:
+            log.info("stream ended early: %s", exc.code)
+            yield _event("fatal", {"message": exc.message, "status": exc.status, "title": exc.title})
+
+    resp = Response(stream_with_context(generate()), mimetype="text/event-stream")
+    resp.headers["Cache-Control"] = "no-store"
+    resp.headers["X-Accel-Buffering"] = "no"
+    return resp
+
+
+@bp.get("/thumbnail/<archive_id>/<uid>")
+def thumbnail(archive_id: str, uid: str):
+    """A representative image, fetched by the app so archive credentials never reach the browser."""
+    session = current_session()
+    if not _was_shown(session, uid, archive_id):
+        raise FhirNotFound("No such study in this patient's timeline.")
+    archive = archives_for(session).get(archive_id)
+    if archive is None or archive.kind != "dicomweb":
+        raise FhirNotFound("No such archive.")
+    fed = federation()
+    deadline = Deadline.after(min(archive.timeout_s, 15.0))
+    try:
+        credentials = fed.auth.for_archive(archive, iss=session.iss, ehr_token=session.access_token)
+        client = ArchiveClient(archive, fed.http, credentials, max_bytes=THUMBNAIL_MAX_BYTES)
+        base = archive.resolved_base(session.iss).rstrip("/")
+        # DICOM PS3.18 §10.4 (rendered): study-level rendered with a viewport is what Orthanc's
+        # DICOMweb plugin 1.7 offers (it has no /thumbnail); dcm4chee and cloud stores accept it too.
+        answer = client.get(f"{base}/studies/{uid}/rendered", deadline=deadline,
+                            accept="image/jpeg, image/png;q=0.9, image/gif;q=0.5",
+                            params={"viewport": THUMBNAIL_VIEWPORT})
+        raise_for_status(answer)
+    except ArchiveError as exc:
+        log.info("thumbnail from %s failed: %s", archive_id, exc.code)
+        return Response(status=404, headers={"Cache-Control": "private, max-age=60"})
+    if answer.content_type not in {"image/jpeg", "image/png", "image/gif"} or not answer.body:
+        return Response(status=404, headers={"Cache-Control": "private, max-age=60"})
+    resp = Response(answer.body, mimetype=answer.content_type)
+    resp.headers["Cache-Control"] = "private, max-age=86400, immutable"
+    return resp
+
+
+@bp.post("/access-log")
+def record_access():
+    """Record a viewer opening: who, which patient, which study, which archive, when."""
+    session = current_session()
+    data = request.get_json(force=True, silent=True)
+    if not isinstance(data, dict) or not isinstance(data.get("uid"), str) or not isinstance(data.get("archive"), str):
+        raise LaunchError("An access-log entry needs `uid` and `archive`.")
+    uid, archive_id = data["uid"][:128], data["archive"][:64]
+    if not _was_shown(session, uid, archive_id):
+        raise FhirNotFound("No such study in this patient's timeline.")
+    entry = {
+        "time": datetime.now(UTC).isoformat(timespec="seconds"),
+        "user": session.context.fhir_user, "patient": session.patient.id, "study": uid, "archive": archive_id,
+        "viewer": str(data.get("kind") or "")[:16], "iss": session.iss,
+    }
+    access_log.info("viewer opened: %s", json.dumps(entry))
+    path = current_app.config.get("ACCESS_LOG_FILE")
+    if path:
+        with open(path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(entry) + "\n")
+    return Response(status=204)
+
+
+
