@@ -1,0 +1,273 @@
+"""End to end over real HTTP: the sandbox EHR launches the app, which federates the sandbox archives."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Iterator
+from html.parser import HTMLParser
+
+import pytest
+import requests
+
+from app.archives.config import load_archives
+from app.demo import DEMO_ARCHIVES, Demo, serve_demo
+from app.keys import generate_keys
+
+KEYS = generate_keys()
+
+
+def demo_server(tmp_path, **options) -> Iterator[Demo]:
+    app_options = {"APP_KEYS": KEYS, "SESSION_STORE": f"sqlite:///{tmp_path / 'sessions.db'}",
+                   "ACCESS_LOG_FILE": str(tmp_path / "access.jsonl"), **options.pop("app_options", {})}
+    return serve_demo(app_options=app_options, **options)
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory) -> Iterator[Demo]:
+    with demo_server(tmp_path_factory.mktemp("demo")) as running:
+        yield running
+
+
+def launch(demo: Demo, patient: str, **params) -> tuple[requests.Response, requests.Session]:
+    browser = requests.Session()
+    resp = browser.get(f"{demo.base_url}/sandbox/launch", params={"patient": patient, **params}, timeout=30)
+    return resp, browser
+
+
+def studies(demo: Demo, browser: requests.Session) -> dict:
+    resp = browser.get(f"{demo.base_url}/api/studies", timeout=60)
+    assert resp.status_code == 200, resp.text
+    return resp.json()
+
+
+def events(text: str) -> list[tuple[str, dict]]:
+    out = []
+    for block in text.split("\n\n"):
+        name = re.search(r"^event: (.+)$", block, re.M)
+        data = re.search(r"^data: (.+)$", block, re.M)
+        if name and data:
+            out.append((name.group(1), json.loads(data.group(1))))
+    return out
+
+
+# --- launch --------------------------------------------------------------------------------------
+
+
+def test_full_window_launch_shows_the_patient_banner(demo):
+    resp, _ = launch(demo, "pat-ben")
+    assert resp.url == f"{demo.base_url}/timeline"
+    assert 'class="patient-banner' in resp.text
+    assert "Benjamin" in resp.text
+
+
+def test_chart_iframe_launch_says_no_banner_is_needed(demo):
+    resp, browser = launch(demo, "pat-ben", embedded="1")
+    assert resp.status_code == 200
+    assert 'class="patient-banner' not in resp.text
+    ctx = browser.get(f"{demo.base_url}/api/context", timeout=10).json()
+    assert ctx["launch"]["need_patient_banner"] is False
+    assert ctx["patient"]["id"] == "pat-ben"
+    assert ctx["launch"]["fhirUser"].startswith(demo.iss + "/Practitioner/")
+    assert "patient/ImagingStudy.rs" in ctx["launch"]["scope"]
+    assert "access_token" not in json.dumps(ctx)
+
+
+def test_fhir_context_from_the_ehr_reaches_the_app(demo):
+    resp, browser = launch(demo, "pat-ben", embedded="1", fhir_context="ServiceRequest/sr-ben-stat")
+    assert resp.status_code == 200
+    ctx = browser.get(f"{demo.base_url}/api/context", timeout=10).json()
+    assert ctx["launch"]["fhirContext"] == ["ServiceRequest/sr-ben-stat"]
+
+
+def test_standalone_launch_goes_through_the_ehr_patient_picker(demo):
+    browser = requests.Session()
+    picker = browser.get(f"{demo.base_url}/launch", params={"iss": demo.iss}, timeout=30)
+    assert picker.status_code == 200
+    form = FormReader.read(picker.text)
+    form.fields.update(patient="pat-carla", decision="approve")
+    resp = browser.post(f"{demo.base_url}/sandbox/auth/authorize", data=form.fields, timeout=30)
+    assert resp.url == f"{demo.base_url}/timeline"
+    assert browser.get(f"{demo.base_url}/api/context", timeout=10).json()["patient"]["id"] == "pat-carla"
+
+
+def test_denied_standalone_launch_is_a_readable_page(demo):
+    browser = requests.Session()
+    picker = browser.get(f"{demo.base_url}/launch", params={"iss": demo.iss}, timeout=30)
+    form = FormReader.read(picker.text)
+    form.fields.update(decision="deny")
+    resp = browser.post(f"{demo.base_url}/sandbox/auth/authorize", data=form.fields, timeout=30)
+    assert resp.status_code == 403
+    assert "declined" in resp.text
+
+
+def test_the_start_page_offers_the_standalone_launch(demo):
+    resp = requests.get(f"{demo.base_url}/", timeout=10)
+    assert resp.status_code == 200
+    assert 'action="/launch"' in resp.text
+
+
+# --- federation through the API -------------------------------------------------------------------
+
+
+def test_studies_are_merged_across_the_three_archives(demo):
+    _, browser = launch(demo, "pat-ben", embedded="1")
+    data = studies(demo, browser)
+    assert {a["id"]: a["status"] for a in data["archives"]} == {"ehr": "ok", "outside": "ok", "pacs": "ok"}
+    uids = [s["uid"] for s in data["studies"]]
+    assert len(uids) == len(set(uids))
+    everywhere = [s for s in data["studies"] if set(s["sources"]) == {"ehr", "outside", "pacs"}]
+    assert len(everywhere) == 1
+    assert "identity: name differs" in everywhere[0]["badges"]
+    started = [s["started"] for s in data["studies"] if s["started"]]
+    assert started == sorted(started, reverse=True)
+
+
+def test_stat_study_without_final_report_needs_attention(demo):
+    _, browser = launch(demo, "pat-ben", embedded="1")
+    first = studies(demo, browser)["studies"][0]
+    assert first["attention"][:2] == ["stat order", "no final report"]
+    assert first["orders"][0]["priority"] == "stat"
+
+
+def test_patient_without_an_outside_identifier_is_not_linked_there(demo):
+    _, browser = launch(demo, "pat-carla", embedded="1")
+    outside = next(a for a in studies(demo, browser)["archives"] if a["id"] == "outside")
+    assert outside["status"] == "not-linked"
+    assert outside["reason"] == "not linked (no identifier in domain urn:oid:2.999.7418.2.1)"
+
+
+def test_birth_date_conflict_withholds_the_study(demo):
+    _, browser = launch(demo, "pat-dev", embedded="1")
+    data = studies(demo, browser)
+    pacs = next(a for a in data["archives"] if a["id"] == "pacs")
+    assert pacs["dropped"] >= 1
+
+
+@pytest.mark.parametrize("patient", ["pat-amy", "pat-ben", "pat-carla", "pat-dev", "pat-elena"])
+def test_no_study_of_another_patient_is_ever_returned(demo, patient):
+    _, browser = launch(demo, patient, embedded="1")
+    data = studies(demo, browser)
+    mine = {i["value"] for i in data["patient"]["identifiers"]} | {data["patient"]["id"]}
+    for study in data["studies"]:
+        assert set(v["value"] for v in study["matched_ids"].values()) <= mine
+
+
+def test_studies_stream_sends_each_archive_then_done(demo):
+    _, browser = launch(demo, "pat-amy", embedded="1")
+    resp = browser.get(f"{demo.base_url}/api/studies/stream", timeout=60)
+    assert resp.headers["Content-Type"].startswith("text/event-stream")
+    names = [n for n, _ in events(resp.text)]
+    assert names.count("archive") == 3
+    assert names[-1] == "done"
+    rows = {s["uid"] for n, d in events(resp.text) if n == "studies" for s in d["studies"]}
+    assert len(rows) == events(resp.text)[-1][1]["count"]
+
+
+def test_a_window_for_another_patient_is_refused(demo):
+    _, browser = launch(demo, "pat-amy", embedded="1")
+    resp = browser.get(f"{demo.base_url}/api/studies", params={"patient": "pat-ben"}, timeout=10)
+    assert resp.status_code == 409
+    assert resp.json()["error"] == "patient-mismatch"
+
+
+def test_api_without_a_session_is_401_json(demo):
+    resp = requests.get(f"{demo.base_url}/api/studies", timeout=10)
+    assert resp.status_code == 401
+    assert resp.json()["error"] == "session-expired"
+
+
+# --- thumbnails and the access log ------------------------------------------------------------
+
+
+def test_thumbnail_comes_through_the_app(demo):
+    _, browser = launch(demo, "pat-amy", embedded="1")
+    study = next(s for s in studies(demo, browser)["studies"] if s["thumbnail"])
+    resp = browser.get(demo.base_url + study["thumbnail"], timeout=30)
+    assert resp.status_code == 200
+    assert resp.headers["Content-Type"] in {"image/jpeg", "image/png"}
+    assert "private" in resp.headers["Cache-Control"]
+
+
+def test_thumbnail_of_a_study_not_in_this_timeline_is_refused(demo):
+    _, amy = launch(demo, "pat-amy", embedded="1")
+    bens = studies(demo, launch(demo, "pat-ben", embedded="1")[1])["studies"]
+    studies(demo, amy)
+    foreign = next(s for s in bens if s["thumbnail"])
+    assert amy.get(demo.base_url + foreign["thumbnail"], timeout=10).status_code == 404
+
+
+def test_viewer_opening_is_recorded_in_the_access_log(demo):
+    _, browser = launch(demo, "pat-amy", embedded="1")
+    study = next(s for s in studies(demo, browser)["studies"] if s["viewers"])
+    viewer = study["viewers"][0]
+    resp = browser.post(f"{demo.base_url}/api/access-log",
+                        json={"uid": study["uid"], "archive": viewer["archive"], "kind": viewer["kind"]}, timeout=10)
+    assert resp.status_code == 204
+    path = demo.app.config["ACCESS_LOG_FILE"]
+    entry = json.loads(open(path, encoding="utf-8").read().splitlines()[-1])
+    assert entry["patient"] == "pat-amy"
+    assert entry["study"] == study["uid"]
+    assert entry["archive"] == viewer["archive"]
+    assert entry["user"].endswith("/Practitioner/sandbox-dr-radiant")
+
+
+def test_access_log_refuses_a_study_outside_the_timeline(demo):
+    _, browser = launch(demo, "pat-amy", embedded="1")
+    studies(demo, browser)
+    resp = browser.post(f"{demo.base_url}/api/access-log", json={"uid": "1.2.3", "archive": "pacs"}, timeout=10)
+    assert resp.status_code == 404
+
+
+# --- tokens over time ----------------------------------------------------------------------------
+
+
+def test_an_expiring_token_is_refreshed_before_use(tmp_path):
+    with demo_server(tmp_path, sandbox_options={"access_token_lifetime_s": 2}) as demo:
+        _, browser = launch(demo, "pat-amy", embedded="1")
+        time.sleep(2.2)
+        data = studies(demo, browser)
+    assert next(a for a in data["archives"] if a["id"] == "ehr")["status"] == "ok"
+
+
+def test_a_token_that_cannot_be_refreshed_says_relaunch(tmp_path):
+    with demo_server(tmp_path, sandbox_options={"access_token_lifetime_s": 1, "refresh_token_lifetime_s": 1}) as demo:
+        _, browser = launch(demo, "pat-amy", embedded="1")
+        time.sleep(1.5)
+        resp = browser.get(f"{demo.base_url}/api/studies", timeout=30)
+        page = browser.get(f"{demo.base_url}/api/studies", headers={"Accept": "text/html"}, timeout=30)
+    assert resp.status_code == 401
+    assert "Relaunch" in resp.json()["message"]
+    assert page.status_code == 401
+
+
+def test_archives_advertised_by_the_ehr_join_the_federation(tmp_path):
+    only_ehr = tuple(a for a in load_archives(DEMO_ARCHIVES, substitutions={"sandbox": "http://x"}) if a.id == "ehr")
+    with demo_server(tmp_path, sandbox_options={"advertise_imaging_endpoints": True},
+                     app_options={"ARCHIVES": only_ehr}) as demo:
+        _, browser = launch(demo, "pat-amy", embedded="1")
+        data = studies(demo, browser)
+    discovered = [a for a in data["archives"] if a["source"] == "discovered"]
+    assert len(discovered) == 1
+    assert discovered[0]["status"] == "ok"
+    assert discovered[0]["count"] > 0
+
+
+class FormReader(HTMLParser):
+    """Collects the hidden inputs of the first form on a page."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fields: dict[str, str] = {}
+
+    @classmethod
+    def read(cls, html: str) -> FormReader:
+        reader = cls()
+        reader.feed(html)
+        return reader
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "input" and a.get("type") == "hidden" and a.get("name"):
+            self.fields[a["name"]] = a.get("value") or ""
