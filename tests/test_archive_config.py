@@ -77,7 +77,7 @@ def test_substitutions_fill_base_and_token_urls_but_leave_viewer_placeholders():
     assert outside.base_url == "http://127.0.0.1:5000/outside/fhir"
     assert outside.auth.token_url == "http://127.0.0.1:5000/auth/token"
     assert (pacs.issuer_of_patient_id, pacs.auth.kind) == ("SANDBOX-PACS", "none")
-    assert pacs.viewer == ViewerConfig("ohif", "http://127.0.0.1:5000/viewer/ohif/viewer?StudyInstanceUIDs={study_uid}")
+    assert pacs.viewer == ViewerConfig("ohif", "http://127.0.0.1:5000/viewer/ohif")
 
 
 def test_a_config_file_is_read_from_a_path(tmp_path):

@@ -271,3 +271,13 @@ class FormReader(HTMLParser):
         a = dict(attrs)
         if tag == "input" and a.get("type") == "hidden" and a.get("name"):
             self.fields[a["name"]] = a.get("value") or ""
+
+
+def test_the_viewer_link_opens_the_study_in_the_sandbox_viewer(demo):
+    _, browser = launch(demo, "pat-amy", embedded="1")
+    study = next(s for s in studies(demo, browser)["studies"] if any(v["kind"] == "ohif" for v in s["viewers"]))
+    link = next(v for v in study["viewers"] if v["kind"] == "ohif")
+    assert link["url"] == f"{demo.base_url}/sandbox/viewer/ohif/viewer?StudyInstanceUIDs={study['uid']}"
+    page = requests.get(link["url"], timeout=10)
+    assert page.status_code == 200
+    assert f'data-study-uid="{study["uid"]}"' in page.text
