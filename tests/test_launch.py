@@ -418,3 +418,24 @@ def test_pages_forbid_framing_by_unlisted_origins(app_url, ehr):
     csp = requests.get(f"{app_url}/", timeout=10).headers["Content-Security-Policy"]
     origin = ehr.server.url_for("/").rstrip("/")
     assert f"frame-ancestors 'self' {origin}" in csp
+
+
+def test_over_https_cookies_survive_a_cross_site_ehr_iframe(ehr, tmp_path):
+    with running_app(ehr, tmp_path, PUBLIC_URL="https://timeline.example.org") as url:
+        resp = requests.get(f"{url}/launch", params={"iss": ehr.iss, "launch": "l"}, allow_redirects=False,
+                            timeout=10)
+    cookie = resp.headers["Set-Cookie"]
+    assert cookie.startswith("itl_launch=")
+    for attribute in ("HttpOnly", "Secure", "SameSite=None", "Partitioned"):
+        assert attribute in cookie
+    assert parse_qs(urlsplit(resp.headers["Location"]).query)["redirect_uri"] == [
+        "https://timeline.example.org/callback"]
+
+
+def test_the_pending_launch_survives_a_frame_that_dropped_the_cookie(app_url, ehr):
+    started_in = requests.Session()
+    state = _started_state(app_url, ehr, started_in)
+    cookieless = requests.Session()  # third-party cookies blocked: the binding cookie never came back
+    resp = cookieless.get(f"{app_url}/callback", params={"code": "code-x", "state": state}, timeout=10)
+    assert resp.status_code == 200
+    assert resp.url == f"{app_url}/timeline"
