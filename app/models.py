@@ -135,6 +135,7 @@ class Study:
     orders: list[Order] = field(default_factory=list)
     endpoints: list[StudyEndpoint] = field(default_factory=list)
     badges: list[str] = field(default_factory=list)  # e.g. "identity: name differs"
+    ids: list[str] = field(default_factory=list)  # the launching EHR's ImagingStudy ids (for fhirContext)
     # The identifier each source matched on: {archive_id: Identifier}
     matched_ids: dict[str, Identifier] = field(default_factory=dict)
 

@@ -281,3 +281,12 @@ def test_the_viewer_link_opens_the_study_in_the_sandbox_viewer(demo):
     page = requests.get(link["url"], timeout=10)
     assert page.status_code == 200
     assert f'data-study-uid="{study["uid"]}"' in page.text
+
+
+def test_an_imaging_study_in_fhir_context_is_the_current_study(demo):
+    _, browser = launch(demo, "pat-ben", embedded="1")
+    older = studies(demo, browser)["studies"][-1]
+    assert older["ids"], "EHR studies carry their FHIR id"
+    _, browser = launch(demo, "pat-ben", embedded="1", fhir_context=f"ImagingStudy/{older['ids'][0]}")
+    current = [s["uid"] for s in studies(demo, browser)["studies"] if s["current"]]
+    assert current == [older["uid"]]

@@ -175,6 +175,8 @@ class FhirArchive:
             facility=(res.location.display if res.location and res.location.display else self.config.name),
             sources=[self.config.id],
             endpoints=self._endpoints(raw, included, answer, deadline),
+            # fhirContext names ImagingStudy/<id> on the launching EHR only (SMART App Launch 2.x).
+            ids=[res.id] if self.config.is_ehr and res.id else [],
         )
         return Candidate(study=study, subject=self._subject(res, included, deadline),
                          refs=tuple(_keys(raw, full_url)),
