@@ -1,0 +1,157 @@
+"""Viewer links: where "Open images" goes for a study, per archive and viewer kind.
+
+An archive's `[archive.viewer]` table names one viewer:
+
+* ``ohif``: OHIF v3, ``{url}/viewer?StudyInstanceUIDs=<uid>``. OHIF v3 also accepts a
+  comma-separated list, so the timeline can open the current study beside a prior.
+* ``iid``: IHE Invoke Image Display (RAD-106), study-based: ``{url}?requestType=STUDY&studyUID=<uid>``
+  plus ``patientID`` when known, encoded as an HL7 v2 CX value with its assigning authority
+  (``value^^^&<oid>&ISO`` for an OID, ``value^^^<namespace>`` otherwise). IID has no separate issuer
+  parameter; the authority travels inside ``patientID``.
+* ``weasis``: the Weasis URI scheme (Weasis >= 3.6): ``weasis://`` + the URL-encoded command
+  ``$dicom:rs --url "<DICOMweb base>" -r "studyUID=<uid>"``. The base is ``dicomweb_url``, else the
+  archive's own DICOMweb address.
+* ``url``: a template with ``{study_uid}``, ``{accession}``, ``{patient_id}`` and ``{issuer}``; each
+  value is percent-encoded. Any other placeholder is a configuration error (`validate_viewer`).
+
+A StudyInstanceUID that is not a DICOM UID (digits and dots, at most 64 characters) gets no link:
+a hostile archive could otherwise smuggle arguments into a viewer command line.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+from .errors import ConfigError
+from .models import Study
+
+log = logging.getLogger(__name__)
+
+KINDS = ("ohif", "iid", "weasis", "url")
+PLACEHOLDERS = ("study_uid", "accession", "patient_id", "issuer")
+LABELS = {"ohif": "Web viewer", "iid": "PACS viewer", "weasis": "Weasis", "url": "Viewer"}
+PRIOR_PLACEHOLDER = "{prior_uid}"  # in compare_url_template; the browser fills it in
+DICOM_UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
+_TOKEN = re.compile(r"\{([^{}]*)\}")
+
+
+def _get(viewer: Mapping[str, Any] | Any, key: str) -> Any:
+    if isinstance(viewer, Mapping):
+        return viewer.get(key)
+    return getattr(viewer, key, None)
+
+
+def _q(value: str | None) -> str:
+    return quote(value or "", safe="")
+
+
+def is_dicom_uid(uid: str) -> bool:
+    """PS3.5 §9.1: components of digits without leading zeros, separated by dots, at most 64 chars."""
+    return len(uid) <= 64 and bool(DICOM_UID.match(uid))
+
+
+def validate_viewer(viewer: Mapping[str, Any] | Any, archive_id: str) -> None:
+    """Check one archive's viewer table at start-up; ConfigError naming the archive and key if unusable."""
+    where = f'archive "{archive_id}": viewer'
+    kind = _get(viewer, "kind")
+    if kind not in KINDS:
+        raise ConfigError(f'{where}.kind must be one of {", ".join(KINDS)} (got "{kind}")')
+    url = _get(viewer, "url")
+    if not isinstance(url, str) or not url.strip():
+        raise ConfigError(f'{where}.url is missing; give the address of the {LABELS[kind].lower()}')
+    unknown = [name for name in _TOKEN.findall(url) if name not in PLACEHOLDERS]
+    if kind == "url" and unknown:
+        allowed = ", ".join("{" + p + "}" for p in PLACEHOLDERS)
+        raise ConfigError(f"{where}.url uses {{{unknown[0]}}}, which is not a viewer placeholder; use {allowed}")
+    if kind != "url" and _TOKEN.search(url):
+        raise ConfigError(f'{where}.url has a {{placeholder}}, but only viewer kind "url" takes a template')
+    probe = _TOKEN.sub("x", url) if kind == "url" else url
+    _http_url(probe, f"{where}.url")
+    dicomweb = _get(viewer, "dicomweb_url")
+    if dicomweb is not None:
+        if kind != "weasis":
+            raise ConfigError(f'{where}.dicomweb_url is only used by viewer kind "weasis"')
+        _http_url(dicomweb, f"{where}.dicomweb_url")
+        if re.search(r'[\s"]', dicomweb):
+            raise ConfigError(f"{where}.dicomweb_url must not contain spaces or quotes")
+
+
+def _http_url(value: Any, key: str) -> None:
+    parts = urlsplit(value) if isinstance(value, str) else None
+    if parts is None or parts.scheme not in {"http", "https"} or not parts.hostname:
+        raise ConfigError(f'{key} must be an http(s) URL (got "{value}")')
+
+
+def cx_patient_id(value: str, issuer: str | None) -> str:
+    """HL7 v2 CX for IID `patientID`: `value^^^&<oid>&ISO` (urn:oid: issuer) or `value^^^<issuer>`."""
+    if not issuer:
+        return value
+    if issuer.startswith("urn:oid:"):
+        return f"{value}^^^&{issuer.removeprefix('urn:oid:')}&ISO"
+    return f"{value}^^^{issuer}"
+
+
+def _join_query(url: str, query: str) -> str:
+    return url + ("&" if "?" in url else "?") + query
+
+
+def viewer_link(study: Study, archive_id: str, viewer: Mapping[str, Any] | Any, *, patient_id: str | None,
+                issuer: str | None = None, dicomweb_url: str | None = None) -> dict[str, Any] | None:
+    """The link that opens `study` in one archive's viewer, or None when it cannot be built."""
+    kind, url = _get(viewer, "kind"), str(_get(viewer, "url") or "")
+    uid = study.uid
+    if not is_dicom_uid(uid):
+        log.warning("viewers: archive %s sent a study whose UID is not a DICOM UID; no viewer link", archive_id)
+        return None
+    link: dict[str, Any] = {"archive": archive_id, "kind": kind, "label": _get(viewer, "label") or LABELS[kind]}
+    if kind == "ohif":
+        base = url.rstrip("/") + "/viewer?StudyInstanceUIDs="
+        link["url"] = base + _q(uid)
+        # OHIF v3 opens a comma-separated list side by side: current first, then the prior.
+        link["compare_url_template"] = base + _q(uid) + "," + PRIOR_PLACEHOLDER
+    elif kind == "iid":
+        query = f"requestType=STUDY&studyUID={_q(uid)}"
+        if patient_id:
+            query += f"&patientID={_q(cx_patient_id(patient_id, issuer))}"
+        link["url"] = _join_query(url, query)
+    elif kind == "weasis":
+        base = _get(viewer, "dicomweb_url") or dicomweb_url
+        if not base or re.search(r'[\s"]', base):
+            log.warning("viewers: archive %s has a Weasis viewer but no usable DICOMweb address", archive_id)
+            return None
+        link["url"] = "weasis://" + _q(f'$dicom:rs --url "{base.rstrip("/")}" -r "studyUID={uid}"')
+    elif kind == "url":
+        values = {"study_uid": uid, "accession": study.accession, "patient_id": patient_id, "issuer": issuer}
+        link["url"] = _TOKEN.sub(lambda m: _q(values.get(m.group(1))), url)
+    else:
+        return None
+    return link
+
+
+def viewer_links(study: Study, archive_viewers: Mapping[str, Mapping[str, Any] | Any] | None, *,
+                 patient_id: str | None, issuer: str | None = None) -> list[dict[str, Any]]:
+    """Links for every archive holding `study` (in `study.sources` order) that has a viewer.
+
+    `archive_viewers` maps archive id -> viewer table (`kind`, `url`, optional `dicomweb_url`,
+    `issuer_of_patient_id`, `label`) or an object with those attributes. The patient id sent is
+    the one the archive matched on (`study.matched_ids`) when known, else `patient_id`; the
+    issuer is the viewer's `issuer_of_patient_id`, else the matched identifier's system, else
+    `issuer`. A Weasis viewer without `dicomweb_url` uses the study's endpoint in that archive.
+    """
+    links: list[dict[str, Any]] = []
+    for archive_id in study.sources:
+        viewer = (archive_viewers or {}).get(archive_id)
+        if viewer is None:
+            continue
+        matched = study.matched_ids.get(archive_id)
+        pid = matched.value if matched else patient_id
+        iss = _get(viewer, "issuer_of_patient_id") or (matched.system if matched else None) or issuer
+        endpoint = next((e.address for e in study.endpoints if e.archive_id == archive_id), None)
+        link = viewer_link(study, archive_id, viewer, patient_id=pid, issuer=iss, dicomweb_url=endpoint)
+        if link is not None:
+            links.append(link)
+    return links
