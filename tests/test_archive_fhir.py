@@ -177,13 +177,43 @@ def test_outside_server_is_searched_by_identifier_with_its_own_token(httpserver,
 
     result, _ = search([outside(httpserver.url_for("/out/fhir"))], jane, ehr_token, "http://ehr.invalid/fhir")
 
-    (request, _), = httpserver.log
+    (request, _), = [entry for entry in httpserver.log if entry[0].path.endswith("/ImagingStudy")]
     assert request.args["patient.identifier"] == f"{OUTSIDE_SYSTEM}|OUT-77"
     assert set(request.args.getlist("_include")) == {"ImagingStudy:subject", "ImagingStudy:endpoint"}
     assert request.headers["Authorization"] == "Bearer outside-token"
     assert [s.uid for s in result.studies] == ["1.1"]
     assert result.studies[0].matched_ids == {"outside": Identifier(OUTSIDE_SYSTEM, "OUT-77")}
     assert ehr_token.calls == 0
+
+
+def test_outside_reports_are_fetched_by_identifier_and_guarded_like_studies(httpserver, jane, ehr_token):
+    httpserver.expect_request("/out/fhir/ImagingStudy").respond_with_json(
+        bundle(imaging_study("x-1", "1.1", subject={"reference": "Patient/o-1"}), included=(outside_patient(),)))
+    httpserver.expect_request("/out/fhir/DiagnosticReport").respond_with_json(bundle(
+        {"resourceType": "DiagnosticReport", "id": "odr-1", "status": "final", "code": {"text": "CT"},
+         "subject": {"reference": "Patient/o-1"}, "imagingStudy": [{"reference": "ImagingStudy/x-1"}],
+         "conclusion": "Outside read."},
+        {"resourceType": "DiagnosticReport", "id": "odr-9", "status": "final", "code": {"text": "CT"},
+         "subject": {"reference": "Patient/o-9"}, "imagingStudy": [{"reference": "ImagingStudy/x-1"}]},
+        included=(outside_patient(pid="o-9", value="OUT-99"),)))
+    httpserver.expect_request("/out/fhir/ServiceRequest").respond_with_json(bundle())
+
+    result, status = search([outside(httpserver.url_for("/out/fhir"))], jane, ehr_token, "http://ehr.invalid/fhir")
+
+    reports = [(r.id, r.conclusion, r.source) for r in result.studies[0].reports]
+    assert reports == [("odr-1", "Outside read.", "outside")]
+    assert status["outside"].dropped == 1
+    report_query = next(r for r, _ in httpserver.log if r.path.endswith("/DiagnosticReport"))
+    assert report_query.args["patient.identifier"] == f"{OUTSIDE_SYSTEM}|OUT-77"
+
+
+def test_outside_reports_are_not_requested_when_no_study_passed_the_guard(httpserver, jane, ehr_token):
+    httpserver.expect_request("/out/fhir/ImagingStudy").respond_with_json(bundle(
+        imaging_study("x-1", "1.1", subject={"reference": "Patient/o-1"}), included=(outside_patient(value="OUT-78"),)))
+
+    search([outside(httpserver.url_for("/out/fhir"))], jane, ehr_token, "http://ehr.invalid/fhir")
+
+    assert [r.path for r, _ in httpserver.log] == ["/out/fhir/ImagingStudy"]
 
 
 def test_outside_falls_back_to_explicit_chaining_when_patient_identifier_is_refused(httpserver, jane, ehr_token):

@@ -52,6 +52,7 @@ class FhirArchive:
         self.base = base.rstrip("/")
         self.archive_bases = archive_bases  # (archive id, base URL) of every DICOMweb archive
         self._lookups = 0
+        self._deferred: tuple[dict[str, str], ArchiveAnswer, dict[str, dict[str, Any]]] | None = None
 
     # --- search ---------------------------------------------------------------------------------
 
@@ -82,11 +83,20 @@ class FhirArchive:
             if cand is not None:
                 answer.candidates.append(cand)
         if ref.patient_id is not None and self.config.is_ehr:
-            self._reports_and_orders(ref.patient_id, deadline, answer, included)
+            self._reports_and_orders({"patient": ref.patient_id}, deadline, answer, included)
+        elif ref.identifier is not None:
+            # Another facility's reports and orders are found the way its studies were (by
+            # identifier), and only once the guard has kept some of its studies: see complete().
+            value = token(ref.identifier.system, ref.identifier.value)
+            self._deferred = ({"patient.identifier": value}, answer, included)
         return answer
 
     def complete(self, studies: list[Study], deadline: Deadline) -> None:
-        """Nothing to add: ImagingStudy already carries series-level detail."""
+        """Another facility's reports and orders, for studies that passed the guard (the EHR's came with search)."""
+        if studies and self._deferred is not None:
+            patient, answer, included = self._deferred
+            self._reports_and_orders(patient, deadline, answer, included)
+        self._deferred = None
 
     def _search(self, rtype: str, variants: list[dict[str, Any]], deadline: Deadline, answer: ArchiveAnswer,
                 included: dict[str, dict[str, Any]]) -> Iterator[tuple[str | None, dict[str, Any]]]:
@@ -252,43 +262,47 @@ class FhirArchive:
                 found.append(StudyEndpoint(archive_id, address))
         return found
 
-    # --- DiagnosticReport and ServiceRequest (EHR only) -----------------------------------------
+    # --- DiagnosticReport and ServiceRequest ------------------------------------------------------
 
-    def _reports_and_orders(self, patient_id: str, deadline: Deadline, answer: ArchiveAnswer,
+    def _reports_and_orders(self, patient: dict[str, str], deadline: Deadline, answer: ArchiveAnswer,
                             included: dict[str, dict[str, Any]]) -> None:
         count = min(PAGE, self.config.max_results)
         for rtype, build in (("DiagnosticReport", self._report), ("ServiceRequest", self._order)):
-            if not self.ctx.can_read(rtype):
+            # On the EHR the clinician's granted scopes decide; elsewhere the archive's own
+            # credentials do, and a refusal only leaves a note.
+            if self.config.is_ehr and not self.ctx.can_read(rtype):
                 continue
             try:
-                for n, (full_url, raw) in enumerate(self._search(rtype, [{"patient": patient_id, "_count": count}],
+                for n, (full_url, raw) in enumerate(self._search(rtype, [{**patient, "_count": count}],
                                                                  deadline, answer, included)):
                     if n >= self.config.max_results:
                         break
-                    build(raw, full_url, answer)
+                    build(raw, full_url, answer, included, deadline)
             except ArchiveError as exc:
                 # Studies are still worth showing without their reports; say what is missing.
                 answer.notes.append(f"{rtype} unavailable ({exc.message})")
 
-    def _report(self, raw: dict[str, Any], full_url: str | None, answer: ArchiveAnswer) -> None:
+    def _report(self, raw: dict[str, Any], full_url: str | None, answer: ArchiveAnswer,
+                included: dict[str, dict[str, Any]], deadline: Deadline) -> None:
         res = DiagnosticReport(raw, strict=False)
         codes = {c.code for cc in res.conclusionCode or [] for c in cc.coding or [] if c.code}
         report = Report(id=res.id or "", status=res.status or "unknown", conclusion=res.conclusion,
                         issued=res.issued.datetime if res.issued else None, abnormal=bool(codes & ABNORMAL),
                         critical=bool(codes & CRITICAL), source=self.config.id)
         answer.reports.append(LinkedReport(
-            report=report, subject=Subject(reference=res.subject.reference if res.subject else None),
+            report=report, subject=self._subject(res, included, deadline),
             study_refs=tuple(r.reference for r in res.imagingStudy or [] if r.reference),
             accession=_accession(res.identifier)))
 
-    def _order(self, raw: dict[str, Any], full_url: str | None, answer: ArchiveAnswer) -> None:
+    def _order(self, raw: dict[str, Any], full_url: str | None, answer: ArchiveAnswer,
+               included: dict[str, dict[str, Any]], deadline: Deadline) -> None:
         res = ServiceRequest(raw, strict=False)
         order = Order(id=res.id or "", priority=res.priority, status=res.status,
                       code_text=_text(res.code) if res.code else None,
                       accession=_accession(res.identifier),
                       source=self.config.id)
-        answer.orders.append(LinkedOrder(order=order, subject=Subject(
-            reference=res.subject.reference if res.subject else None), refs=tuple(_keys(raw, full_url))))
+        answer.orders.append(LinkedOrder(order=order, subject=self._subject(res, included, deadline),
+                                         refs=tuple(_keys(raw, full_url))))
 
 
 def _keys(resource: dict[str, Any], full_url: str | None) -> list[str]:
