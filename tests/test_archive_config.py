@@ -26,7 +26,7 @@ auth = { kind = "basic", username = "timeline", password_env = "PACS_EAST_PASSWO
 
 [archive.viewer]
 kind = "ohif"
-url = "https://viewer.example.org/viewer?StudyInstanceUIDs={study_uid}"
+url = "https://viewer.example.org"
 '''
 
 
@@ -37,7 +37,7 @@ def test_a_dicomweb_archive_is_parsed_into_frozen_config():
         id="pacs-east", name="East Campus PACS", kind="dicomweb", base_url="https://pacs.example.org/dicom-web",
         auth=AuthConfig(kind="basic", username="timeline", password_env="PACS_EAST_PASSWORD"), timeout_s=8.0,
         identifier_system="urn:oid:1.2.3", issuer_of_patient_id="EAST",
-        viewer=ViewerConfig("ohif", "https://viewer.example.org/viewer?StudyInstanceUIDs={study_uid}"),
+        viewer=ViewerConfig("ohif", "https://viewer.example.org"),
         max_results=200)
     with pytest.raises(AttributeError):
         archive.id = "other"  # type: ignore[misc]
@@ -195,3 +195,10 @@ def test_an_endpoint_already_configured_is_not_discovered_twice():
         "https://ehr.example.org/fhir", [configured])
 
     assert found == ()
+
+
+def test_a_viewer_template_with_an_unknown_placeholder_fails_at_start():
+    text = PACS.replace('kind = "ohif"\nurl = "https://viewer.example.org"',
+                        'kind = "url"\nurl = "https://viewer.example.org/?s={study}"')
+    with pytest.raises(ConfigError, match=r'archive "pacs-east": viewer\.url uses \{study\}, which is not a viewer'):
+        load_archives(text)

@@ -252,6 +252,12 @@ def _viewer(table: Any, check: _Checker, subs: Mapping[str, str]) -> ViewerConfi
     kind = check.choice(table, "kind", ("ohif", "iid", "weasis", "url"), "viewer.")
     url = _substitute(check.string(table, "url", "viewer.", required=True), subs, check, "viewer.url",
                       strict=False) or ""
+    from ..viewers import validate_viewer  # the viewer module owns its URL rules
+
+    try:
+        validate_viewer({"kind": kind, "url": url}, check.archive_id or "?")
+    except ConfigError as exc:
+        raise ConfigError(f"{check.label}: {exc.message}") from None
     return ViewerConfig(kind=kind, url=url)  # type: ignore[arg-type]
 
 
