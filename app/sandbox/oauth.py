@@ -187,8 +187,9 @@ def _save_token(token: dict, request) -> None:
     rt = runtime()
     now = rt.clock()
     refresh = token.get("refresh_token")
+    issued = token["access_token"]
     rt.store.add_token(Token(
-        access_token=token["access_token"], client_id=request.client.get_client_id(),
+        issued, client_id=request.client.get_client_id(),
         scope=token.get("scope", ""), grant_type=request.payload.grant_type or "",
         issued_at=now, expires_in=int(token["expires_in"]), clock=rt.clock,
         user=request.user if isinstance(request.user, GrantUser) else None,
