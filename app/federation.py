@@ -10,7 +10,7 @@ import copy
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import closing
 from dataclasses import dataclass, field
@@ -117,15 +117,16 @@ def merge_studies(studies: Iterable[Study]) -> list[Study]:
 def link(studies: Iterable[Study], reports: Iterable[LinkedReport], orders: Iterable[LinkedOrder]) -> None:
     """Attach reports (by imagingStudy reference or accession) and orders (by basedOn or accession)."""
     studies = list(studies)
-    for item in reports:
+    for linked_report in reports:
         for study in studies:
-            if study.uid in item.study_uids or (item.accession and item.accession == study.accession):
-                _union(study.reports, [item.report], key=lambda r: (r.source, r.id))
-    for item in orders:
+            if study.uid in linked_report.study_uids or (
+                    linked_report.accession and linked_report.accession == study.accession):
+                _union(study.reports, [linked_report.report], key=lambda r: (r.source, r.id))
+    for linked_order in orders:
         for study in studies:
-            accession = item.order.accession
-            if study.uid in item.study_uids or (accession and accession == study.accession):
-                _union(study.orders, [item.order], key=lambda o: (o.source, o.id))
+            accession = linked_order.order.accession
+            if study.uid in linked_order.study_uids or (accession and accession == study.accession):
+                _union(study.orders, [linked_order.order], key=lambda o: (o.source, o.id))
 
 
 # --- the federation ------------------------------------------------------------------------------
@@ -150,11 +151,13 @@ class Federation:
     def search(self, patient: PatientSummary, ctx: LaunchContext, ehr_token_provider: EhrTokenProvider, *,
                session_id: str | None = None, extra_archives: Sequence[ArchiveConfig] = ()) -> FederationResult:
         """Wait for every archive (or its deadline), then merge and link across archives."""
-        outcomes = list(self._outcomes(patient, ctx, ehr_token_provider, session_id, extra_archives))
+        order = {a.id: n for n, a in enumerate([*self.archives, *extra_archives])}
+        # Merge in configuration order, not arrival order, so `sources` and merged fields are stable.
+        outcomes = sorted(self._outcomes(patient, ctx, ehr_token_provider, session_id, extra_archives),
+                          key=lambda o: order.get(o.status.id, len(order)))
         studies = merge_studies(s for o in outcomes for s in o.studies)
         link(studies, [r for o in outcomes for r in o.reports], [r for o in outcomes for r in o.orders])
-        order = {a.id: n for n, a in enumerate([*self.archives, *extra_archives])}
-        statuses = sorted((o.status for o in outcomes), key=lambda s: order.get(s.id, len(order)))
+        statuses = [o.status for o in outcomes]
         return FederationResult(patient, studies, tuple(statuses))
 
     def iter_search(self, patient: PatientSummary, ctx: LaunchContext, ehr_token_provider: EhrTokenProvider, *,
@@ -179,7 +182,7 @@ class Federation:
     # --- internals ------------------------------------------------------------------------------
 
     def _outcomes(self, patient: PatientSummary, ctx: LaunchContext, provider: EhrTokenProvider,
-                  session_id: str | None, extra: Sequence[ArchiveConfig]) -> Iterator[_Outcome]:
+                  session_id: str | None, extra: Sequence[ArchiveConfig]) -> Generator[_Outcome, None, None]:
         every = [*self.archives, *extra]
         todo = []
         for archive in every:

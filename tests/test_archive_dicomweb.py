@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 from datetime import datetime
 
 import pytest
 from conftest import MRN_SYSTEM
 from orthanc import ISSUER, SEED
+from pytest_httpserver import HTTPServer
 from werkzeug import Response
 
 from app.archives.config import ArchiveConfig, AuthConfig
@@ -64,10 +66,11 @@ def test_finds_the_patients_studies_by_patient_id_and_issuer(orthanc, jane):
 
 
 @pytest.mark.orthanc
-def test_body_part_comes_from_the_series_level_query(orthanc, jane):
+def test_studies_whose_description_names_the_region_need_no_series_query(orthanc, jane):
     result, _ = search(pacs(orthanc), jane)
 
-    assert [s.body_sites for s in result.studies] == [("CHEST",), ("HEAD",)]
+    assert [(s.modalities, s.description, s.body_sites) for s in result.studies] == [
+        (("CT",), "CT CHEST", ()), (("MR",), "MR BRAIN", ())]
 
 
 @pytest.mark.orthanc
@@ -203,6 +206,52 @@ def test_series_query_is_sent_only_for_studies_that_passed_the_guard(httpserver,
     assert [r.path for r, _ in httpserver.log] == ["/dicom-web/studies", "/dicom-web/studies/1.1/series"]
     assert (result.studies[0].modalities, result.studies[0].body_sites) == (("CT",), ("CHEST",))
     assert status.dropped == 1
+
+
+def test_no_series_query_when_modality_and_region_are_known_at_study_level(httpserver, jane):
+    described = {"00081030": {"vr": "LO", "Value": ["CT CHEST WO CONTRAST"]},
+                 "00080061": {"vr": "CS", "Value": ["CT"]}}
+    httpserver.expect_request("/dicom-web/studies").respond_with_json([study_json("1.1", **described)])
+
+    result, _ = search(pacs(httpserver.url_for("/dicom-web")), jane)
+
+    assert [r.path for r, _ in httpserver.log] == ["/dicom-web/studies"]
+    assert result.studies[0].modalities == ("CT",)
+
+
+@pytest.fixture
+def threaded_httpserver():
+    server = HTTPServer(threaded=True)
+    server.start()
+    yield server
+    server.clear()
+    server.stop()
+
+
+def test_series_queries_run_in_parallel(threaded_httpserver, jane):
+    httpserver = threaded_httpserver
+    uids = [f"1.{n}" for n in range(6)]
+    httpserver.expect_request("/dicom-web/studies").respond_with_json([study_json(uid) for uid in uids])
+
+    lock, in_flight, most = threading.Lock(), [0], [0]
+
+    def slow_series(request):
+        with lock:
+            in_flight[0] += 1
+            most[0] = max(most[0], in_flight[0])
+        time.sleep(0.2)
+        with lock:
+            in_flight[0] -= 1
+        return Response(json.dumps([{"00180015": {"vr": "CS", "Value": ["KNEE"]}}]),
+                        content_type="application/dicom+json")
+
+    for uid in uids:
+        httpserver.expect_request(f"/dicom-web/studies/{uid}/series").respond_with_handler(slow_series)
+
+    result, _ = search(pacs(httpserver.url_for("/dicom-web")), jane)
+
+    assert [s.body_sites for s in result.studies] == [("KNEE",)] * 6
+    assert most[0] > 1  # the archive saw several lookups at once, not one after another
 
 
 def test_an_answer_without_the_issuer_we_asked_for_is_dropped(httpserver, jane):

@@ -20,14 +20,16 @@ from __future__ import annotations
 
 import logging
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from datetime import date, datetime
 
 from pydicom import Dataset
 from pydicom.valuerep import DA, TM
 
-from ..errors import ArchiveError, ArchiveResponseError, ArchiveTimeout
+from ..errors import ArchiveError, ArchiveResponseError
 from ..http import Deadline
 from ..models import Identifier, Study, StudyEndpoint
+from ..priors import body_region
 from .base import ArchiveAnswer, ArchiveClient, Candidate, PatientRef, Subject
 from .config import ArchiveConfig
 
@@ -42,6 +44,8 @@ STUDY_FIELDS = (
 SERIES_FIELDS = ("SeriesInstanceUID", "Modality", "BodyPartExamined")
 PAGE = 100
 MAX_PAGES = 100
+MAX_SERIES_LOOKUPS = 200  # newest studies whose series are looked up; older ones keep study-level data
+SERIES_WORKERS = 6  # concurrent series lookups per archive
 DICOM_SEX = {"M": "male", "F": "female", "O": "other"}
 
 
@@ -76,28 +80,42 @@ class DicomWebArchive:
         return answer
 
     def complete(self, studies: list[Study], deadline: Deadline) -> None:
-        """Series-level QIDO for body part (and modality where ModalitiesInStudy was missing)."""
-        for study in studies:
-            if deadline.remaining() < 0.25:
-                log.info("archive %s: series details cut short by the deadline", self.config.id)
-                return
-            try:
-                series = self._qido(f"{self.base}/studies/{study.uid}/series",
-                                    [("includefield", name) for name in SERIES_FIELDS], deadline)
-            except ArchiveTimeout:
-                log.info("archive %s: series details cut short by the deadline", self.config.id)
-                return
-            except ArchiveError as exc:
-                log.info("archive %s: series details unavailable (%s)", self.config.id, exc.code)
-                return
-            modalities, parts = list(study.modalities), list(study.body_sites)
-            for item in series:
-                ds = _dataset(item)
-                if ds is None:
-                    continue
-                for value, into in ((ds.get("Modality"), modalities), (ds.get("BodyPartExamined"), parts)):
-                    into.extend(v for v in _values(value) if v not in into)
-            study.modalities, study.body_sites = tuple(modalities), tuple(parts)
+        """Series-level QIDO where the study level cannot tell the modality or the body region.
+
+        BodyPartExamined is a series attribute (PS3.18 §10.6.3.3.2 has no study-level body part),
+        so each lookup costs a round trip. It is skipped when ModalitiesInStudy came back and the
+        study's description or codes already name the region; the rest run in parallel (bounded),
+        newest first and capped, so a large archive is not serialised behind its own latency.
+        """
+        need = [s for s in studies if not s.modalities or body_region(s) is None]
+        need.sort(key=lambda s: (s.started is not None, s.started.isoformat() if s.started else ""), reverse=True)
+        if len(need) > MAX_SERIES_LOOKUPS:
+            log.info("archive %s: series details for the newest %d of %d studies only", self.config.id,
+                     MAX_SERIES_LOOKUPS, len(need))
+            need = need[:MAX_SERIES_LOOKUPS]
+        if not need:
+            return
+        with ThreadPoolExecutor(max_workers=min(SERIES_WORKERS, len(need)), thread_name_prefix="series") as pool:
+            for study, series in zip(need, pool.map(lambda s: self._series(s, deadline), need), strict=True):
+                modalities, parts = list(study.modalities), list(study.body_sites)
+                for item in series:
+                    ds = _dataset(item)
+                    if ds is None:
+                        continue
+                    for value, into in ((ds.get("Modality"), modalities), (ds.get("BodyPartExamined"), parts)):
+                        into.extend(v for v in _values(value) if v not in into)
+                study.modalities, study.body_sites = tuple(modalities), tuple(parts)
+
+    def _series(self, study: Study, deadline: Deadline) -> list:
+        """One study's series (empty when unavailable: the study is still shown without them)."""
+        if deadline.remaining() < 0.25:
+            return []
+        try:
+            return self._qido(f"{self.base}/studies/{study.uid}/series",
+                              [("includefield", name) for name in SERIES_FIELDS], deadline)
+        except ArchiveError as exc:
+            log.info("archive %s: series details unavailable (%s)", self.config.id, exc.code)
+            return []
 
     def _qido(self, url: str, params: list[tuple[str, str | int]], deadline: Deadline) -> list:
         answer = self.client.get(url, params=params, accept=ACCEPT, deadline=deadline)
