@@ -12,7 +12,7 @@ from flask import Blueprint, Response, current_app, jsonify, request, stream_wit
 
 from . import priors
 from .archives.base import ArchiveClient, raise_for_status
-from .archives.config import ArchiveConfig, discover_archives
+from .archives.config import ArchiveConfig, ViewerConfig, discover_archives
 from .errors import AppError, ArchiveError, FhirNotFound, LaunchError
 from .federation import federation, merge_studies
 from .http import Deadline
@@ -75,7 +75,7 @@ def study_view(study: Study, session: SmartSession, archives: dict[str, ArchiveC
     view["region"] = priors.body_region(study)
     view["region_label"] = priors.region_label(view["region"])
     view["attention"] = priors.attention(study)
-    viewers = {aid: _viewer_table(a) for aid, a in archives.items() if a.viewer is not None}
+    viewers = {aid: _viewer_table(a, a.viewer) for aid, a in archives.items() if a.viewer is not None}
     view["viewers"] = viewer_links(study, viewers, patient_id=None)
     view["thumbnail"] = _thumbnail_url(study, archives)
     view["current"] = study.uid == current_uid
@@ -83,9 +83,8 @@ def study_view(study: Study, session: SmartSession, archives: dict[str, ArchiveC
     return view
 
 
-def _viewer_table(archive: ArchiveConfig) -> dict[str, Any]:
-    viewer = archive.viewer
-    table = {"kind": viewer.kind, "url": viewer.url}
+def _viewer_table(archive: ArchiveConfig, viewer: ViewerConfig) -> dict[str, Any]:
+    table: dict[str, Any] = {"kind": viewer.kind, "url": viewer.url}
     if archive.issuer_of_patient_id:
         table["issuer_of_patient_id"] = archive.issuer_of_patient_id
     if archive.kind == "dicomweb":
@@ -183,29 +182,30 @@ def stream():
 
     def generate() -> Iterator[str]:
         yield ": " + " " * 2048 + "\n\n"  # flush proxies' buffers so the first event is not held
-        raw: list[Study] = []
-        sent: dict[str, str] = {}
+        merged: dict[str, Study] = {}
         statuses = []
+        current_uid: str | None = None
         try:
             for status, found in federation().iter_search(session.patient, session.context, session,
                                                           session_id=session.id, extra_archives=extra):
                 statuses.append(status)
-                raw.extend(found)
-                merged = merge_studies(raw)
+                # Only the studies this archive brought change (merged by uid), plus the current
+                # study's marker if it moved: the work per event is O(new studies), not O(all).
+                changed = {study.uid for study in found}
+                for study in found:
+                    have = merged.get(study.uid)
+                    merged[study.uid] = merge_studies([have, study] if have else [study])[0]
+                current = priors.current_study(merged.values(), session.context)
+                if current is not None and current.uid != current_uid:
+                    changed |= {current.uid, *([current_uid] if current_uid else [])}
+                    current_uid = current.uid
                 if found:
-                    _remember_shown(session, merged)
-                current = priors.current_study(merged, session.context)
-                changed = []
-                for study in merged:
-                    view = study_view(study, session, archives, current.uid if current else None)
-                    text = json.dumps(view, sort_keys=True)
-                    if sent.get(study.uid) != text:
-                        sent[study.uid] = text
-                        changed.append(view)
+                    _remember_shown(session, found)
                 yield _event("archive", status.to_json())
                 if changed:
-                    yield _event("studies", {"archive": status.id, "studies": changed})
-            yield _event("done", {"archives": [s.to_json() for s in statuses], "count": len(sent)})
+                    views = [study_view(merged[uid], session, archives, current_uid) for uid in changed]
+                    yield _event("studies", {"archive": status.id, "studies": views})
+            yield _event("done", {"archives": [s.to_json() for s in statuses], "count": len(merged)})
         except AppError as exc:
             log.info("stream ended early: %s", exc.code)
             yield _event("fatal", {"message": exc.message, "status": exc.status, "title": exc.title})
