@@ -70,7 +70,7 @@ def redirect_uri() -> str:
 def smart_client_for(iss: str, config: SmartConfiguration | None = None) -> SmartClient:
     reg = registration().issuer(iss)
     return SmartClient(reg, config or discovery()(reg.iss), app_keys(), redirect_uri=redirect_uri(),
-                       timeout=current_app.config["HTTP_TIMEOUT_S"])
+                       timeout=current_app.config["HTTP_TIMEOUT_S"], pool=current_app.extensions["http_pool"])
 
 
 def _secure() -> bool:
@@ -268,7 +268,11 @@ def _load_style(url: str | None) -> dict[str, str] | None:
 def init_app(app: Flask) -> None:
     http = requests.Session()
     http.headers["User-Agent"] = "imaging-timeline/0.1"
+    pool = requests.adapters.HTTPAdapter(pool_connections=16, pool_maxsize=32)
+    http.mount("https://", pool)
+    http.mount("http://", pool)
     app.extensions["http"] = http
+    app.extensions["http_pool"] = pool
     app.extensions["discovery"] = Discovery(http, timeout=app.config["HTTP_TIMEOUT_S"],
                                             ttl_s=app.config["DISCOVERY_TTL_S"])
     app.extensions["id_tokens"] = IdTokenVerifier(http, timeout=app.config["HTTP_TIMEOUT_S"])

@@ -35,44 +35,46 @@ class SessionStore(Protocol):
 
 
 class SQLiteStore:
-    """Embedded default: one SQLite file, safe across threads and processes on one host."""
+    """Embedded default: one SQLite file; one connection shared by the process's threads.
+
+    The development server starts a thread per request, so a per-thread connection would be a
+    new connection (and file open) per request; one connection behind a lock is cheaper, and
+    SQLite serialises writers anyway. Several processes may share the file (WAL mode).
+    """
 
     def __init__(self, path: str | Path, clock: Callable[[], float] = time.time) -> None:
         self.path = str(path)
         self.clock = clock
-        self._local = threading.local()
-        with self._conn() as db:
-            db.execute("CREATE TABLE IF NOT EXISTS kv (k TEXT PRIMARY KEY, v TEXT NOT NULL, exp REAL NOT NULL)")
-
-    def _conn(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = sqlite3.connect(self.path, timeout=10, isolation_level=None)
-            conn.execute("PRAGMA journal_mode=WAL")
-            self._local.conn = conn
-        return conn
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(self.path, timeout=10, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("CREATE TABLE IF NOT EXISTS kv (k TEXT PRIMARY KEY, v TEXT NOT NULL, exp REAL NOT NULL)")
 
     def put(self, key: str, value: dict[str, Any], ttl_s: float) -> None:
-        db = self._conn()
         now = self.clock()
-        db.execute("DELETE FROM kv WHERE exp < ?", (now,))
-        db.execute("INSERT OR REPLACE INTO kv (k, v, exp) VALUES (?, ?, ?)", (key, json.dumps(value), now + ttl_s))
+        with self._lock:
+            self._db.execute("DELETE FROM kv WHERE exp < ?", (now,))
+            self._db.execute("INSERT OR REPLACE INTO kv (k, v, exp) VALUES (?, ?, ?)",
+                             (key, json.dumps(value), now + ttl_s))
 
     def get(self, key: str) -> dict[str, Any] | None:
-        row = self._conn().execute("SELECT v, exp FROM kv WHERE k = ?", (key,)).fetchone()
+        with self._lock:
+            row = self._db.execute("SELECT v, exp FROM kv WHERE k = ?", (key,)).fetchone()
         if row is None or row[1] < self.clock():
             return None
         return json.loads(row[0])
 
     def take(self, key: str) -> dict[str, Any] | None:
         # DELETE ... RETURNING is atomic: two callbacks with the same state cannot both win.
-        row = self._conn().execute("DELETE FROM kv WHERE k = ? RETURNING v, exp", (key,)).fetchone()
+        with self._lock:
+            row = self._db.execute("DELETE FROM kv WHERE k = ? RETURNING v, exp", (key,)).fetchone()
         if row is None or row[1] < self.clock():
             return None
         return json.loads(row[0])
 
     def delete(self, key: str) -> None:
-        self._conn().execute("DELETE FROM kv WHERE k = ?", (key,))
+        with self._lock:
+            self._db.execute("DELETE FROM kv WHERE k = ?", (key,))
 
 
 class RedisStore:

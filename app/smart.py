@@ -7,6 +7,7 @@ error an integrator can act on.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -24,7 +25,7 @@ from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 
 from .errors import DiscoveryError, IdTokenError, TokenError
-from .keys import AppKeys, FreshPrivateKeyJWT
+from .keys import AppKeys, FreshPrivateKeyJWT, as_key_set
 from .registration import IssuerRegistration
 
 log = logging.getLogger(__name__)
@@ -84,7 +85,7 @@ def get_json(http: requests.Session, url: str, *, timeout: float, accept: str = 
     if not body:
         return resp.status_code, None
     try:
-        return resp.status_code, requests.models.complexjson.loads(body)
+        return resp.status_code, json.loads(body)
     except ValueError:
         return resp.status_code, None
 
@@ -171,7 +172,8 @@ def _oauth_uris(capability: dict[str, Any]) -> dict[str, str]:
             continue
         for ext in (rest.get("security") or {}).get("extension") or ():
             if isinstance(ext, dict) and ext.get("url") == OAUTH_URIS_EXT:
-                return {e.get("url"): e.get("valueUri") for e in ext.get("extension") or () if isinstance(e, dict)}
+                return {e["url"]: e["valueUri"] for e in ext.get("extension") or ()
+                        if isinstance(e, dict) and isinstance(e.get("url"), str) and isinstance(e.get("valueUri"), str)}
     return {}
 
 
@@ -192,7 +194,7 @@ class SmartClient:
     """OAuth 2 client for one registered EHR (authlib underneath)."""
 
     def __init__(self, reg: IssuerRegistration, config: SmartConfiguration, keys: AppKeys, *,
-                 redirect_uri: str, timeout: float = 10.0) -> None:
+                 redirect_uri: str, timeout: float = 10.0, pool: requests.adapters.HTTPAdapter | None = None) -> None:
         self.reg, self.config, self.redirect_uri, self.timeout = reg, config, redirect_uri, timeout
         secret: Any = None
         if reg.auth_method == "client_secret_basic":
@@ -203,6 +205,9 @@ class SmartClient:
             client_id=reg.client_id, client_secret=secret, redirect_uri=redirect_uri,
             token_endpoint_auth_method=reg.auth_method, code_challenge_method="S256",
         )
+        if pool is not None:  # reuse the app's connection pool: no new TCP/TLS handshake per launch
+            self.session.mount("https://", pool)
+            self.session.mount("http://", pool)
         if reg.auth_method == "private_key_jwt":
             self.session.register_client_auth_method(
                 FreshPrivateKeyJWT(keys.key(reg.signing_alg), reg.signing_alg, config.token_endpoint))
@@ -277,9 +282,9 @@ class IdTokenVerifier:
             return hit[1]
         try:
             status, doc = get_json(self.http, jwks_uri, timeout=self.timeout)
-            if status != 200 or not isinstance(doc, dict):
+            if status != 200:
                 raise ValueError(f"HTTP {status}")
-            keyset = KeySet.import_key_set(doc)
+            keyset = KeySet.import_key_set(as_key_set(doc))
         except (requests.RequestException, ValueError, JoseError) as exc:
             raise IdTokenError(f"Could not load the EHR's signing keys from {jwks_uri} ({exc}). Tell your "
                                "administrator.") from exc
@@ -298,7 +303,7 @@ class IdTokenVerifier:
             except JoseError:
                 # The EHR may have rotated its keys: refetch once before giving up.
                 token = jwt.decode(id_token, self._keys(config.jwks_uri, refresh=True), algorithms=self.ALGS)
-            claims = {
+            claims: dict[str, jwt.ClaimsOption] = {
                 "iss": {"essential": True, "value": config.issuer or config.iss},
                 "aud": {"essential": True, "value": client_id},
                 "exp": {"essential": True},
@@ -306,7 +311,8 @@ class IdTokenVerifier:
             }
             if nonce:
                 claims["nonce"] = {"essential": True, "value": nonce}
-            jwt.JWTClaimsRegistry(leeway=60, **claims).validate(token.claims)
+            # now=None is the default clock; naming it tells mypy that **claims are all claim options.
+            jwt.JWTClaimsRegistry(now=None, leeway=60, **claims).validate(token.claims)
         except (JoseError, ValueError) as exc:
             reason = getattr(exc, "description", None) or getattr(exc, "error", None) or type(exc).__name__
             raise IdTokenError(
