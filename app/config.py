@@ -18,6 +18,7 @@ ENV_KEYS = {
     "IMAGING_PUBLIC_URL": "PUBLIC_URL",  # e.g. https://timeline.example.org (behind a proxy)
     "IMAGING_TIMELINE_KEY_FILE": "PRIVATE_KEY_FILE",  # PEM for private_key_jwt; else generated
     "IMAGING_ACCESS_LOG": "ACCESS_LOG_FILE",  # where viewer openings are recorded
+    "IMAGING_SESSION_KEY_FILE": "SESSION_KEY_FILE",  # Fernet key encrypting session records at rest
 }
 
 DEFAULTS: dict[str, Any] = {
@@ -25,6 +26,7 @@ DEFAULTS: dict[str, Any] = {
     "ARCHIVES_FILE": None,
     "ARCHIVES": None,  # parsed archive list may be given directly (demo, tests)
     "SESSION_STORE": None,  # None: an SQLite file in the instance folder
+    "SESSION_KEY_FILE": None,  # None: a key per process (SQLite only; Redis needs a shared key)
     "SESSION_TTL_S": 8 * 3600,
     "PENDING_LAUNCH_TTL_S": 600,
     "DISCOVERY_TTL_S": 3600,

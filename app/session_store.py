@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
+from cryptography.fernet import Fernet, InvalidToken
 from flask import Flask, current_app
 
 from .errors import ConfigError
@@ -101,6 +102,39 @@ class RedisStore:
         self.client.delete(self.prefix + key)
 
 
+class EncryptedStore:
+    """Encrypts every record (Fernet: AES-128-CBC + HMAC-SHA256) before it reaches the backing store.
+
+    Session records hold access and refresh tokens; a copied SQLite file or Redis dump without
+    the key reveals none of them. A record that does not decrypt (other key, tampering) reads as
+    absent, which the app shows as "session expired".
+    """
+
+    def __init__(self, inner: SessionStore, key: bytes) -> None:
+        self.inner = inner
+        self.fernet = Fernet(key)
+
+    def put(self, key: str, value: dict[str, Any], ttl_s: float) -> None:
+        self.inner.put(key, {"enc": self.fernet.encrypt(json.dumps(value).encode()).decode()}, ttl_s)
+
+    def _open(self, record: dict[str, Any] | None) -> dict[str, Any] | None:
+        if record is None or not isinstance(record.get("enc"), str):
+            return None
+        try:
+            return json.loads(self.fernet.decrypt(record["enc"].encode()))
+        except InvalidToken:
+            return None
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        return self._open(self.inner.get(key))
+
+    def take(self, key: str) -> dict[str, Any] | None:
+        return self._open(self.inner.take(key))
+
+    def delete(self, key: str) -> None:
+        self.inner.delete(key)
+
+
 def open_store(url: str | None, instance_path: str) -> SessionStore:
     """`sqlite:///path`, `redis://host:port/db`, or None for an SQLite file in the instance folder."""
     if not url:
@@ -113,12 +147,36 @@ def open_store(url: str | None, instance_path: str) -> SessionStore:
     raise ConfigError(f"IMAGING_SESSION_STORE {url!r} must start with sqlite:/// or redis://")
 
 
+def session_key(path: str | None, *, shared: bool) -> bytes:
+    """The records' encryption key: from the file IMAGING_SESSION_KEY_FILE names, else one per process."""
+    if path:
+        try:
+            key = Path(path).read_bytes().strip()
+            Fernet(key)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(
+                f"IMAGING_SESSION_KEY_FILE {path} must hold a Fernet key; create one with "
+                "`python -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())'`."
+            ) from exc
+        return key
+    if shared:
+        raise ConfigError(
+            "A Redis session store is shared by several app processes, which must all use the same "
+            "encryption key: set IMAGING_SESSION_KEY_FILE to a file holding a Fernet key (create one with "
+            "`python -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())'`)."
+        )
+    return Fernet.generate_key()  # sessions then end with the process, as their tokens would anyway
+
+
 def store() -> SessionStore:
     return current_app.extensions["session_store"]
 
 
 def init_app(app: Flask) -> None:
     configured = app.config.get("SESSION_STORE")
-    app.extensions["session_store"] = (
-        configured if not isinstance(configured, str | None) else open_store(configured, app.instance_path)
-    )
+    if configured is not None and not isinstance(configured, str):
+        app.extensions["session_store"] = configured  # a store object given directly (tests)
+        return
+    inner = open_store(configured, app.instance_path)
+    key = session_key(app.config.get("SESSION_KEY_FILE"), shared=isinstance(inner, RedisStore))
+    app.extensions["session_store"] = EncryptedStore(inner, key)

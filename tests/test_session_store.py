@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import socket
 import subprocess
@@ -10,9 +11,10 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from cryptography.fernet import Fernet
 
 from app.errors import ConfigError
-from app.session_store import RedisStore, SQLiteStore, open_store
+from app.session_store import EncryptedStore, RedisStore, SQLiteStore, open_store, session_key
 from tests.conftest import need
 
 
@@ -84,3 +86,53 @@ def test_two_app_processes_share_sessions_through_redis(redis_url):
     one, two = RedisStore(redis_url, prefix="shared:"), RedisStore(redis_url, prefix="shared:")
     one.put("session:abc", {"patient": "p"}, 10)
     assert two.get("session:abc") == {"patient": "p"}
+
+
+# --- encryption at rest --------------------------------------------------------------------------
+
+
+def test_records_are_encrypted_at_rest(tmp_path):
+    inner = SQLiteStore(tmp_path / "s.db")
+    store = EncryptedStore(inner, Fernet.generate_key())
+    store.put("session:x", {"token": {"access_token": "at-very-secret"}}, 10)
+    assert store.get("session:x") == {"token": {"access_token": "at-very-secret"}}
+    assert b"at-very-secret" not in (tmp_path / "s.db").read_bytes()
+    assert "at-very-secret" not in json.dumps(inner.get("session:x"))
+
+
+def test_a_record_under_another_key_reads_as_absent(tmp_path):
+    inner = SQLiteStore(tmp_path / "s.db")
+    EncryptedStore(inner, Fernet.generate_key()).put("session:x", {"a": 1}, 10)
+    assert EncryptedStore(inner, Fernet.generate_key()).get("session:x") is None
+
+
+def test_a_redis_store_without_a_shared_key_is_refused():
+    with pytest.raises(ConfigError, match="set IMAGING_SESSION_KEY_FILE"):
+        session_key(None, shared=True)
+
+
+def test_a_bad_key_file_says_how_to_make_one(tmp_path):
+    path = tmp_path / "key"
+    path.write_text("not a key")
+    with pytest.raises(ConfigError, match="must hold a Fernet key; create one with"):
+        session_key(str(path), shared=False)
+
+
+def test_the_key_file_is_read(tmp_path):
+    key = Fernet.generate_key()
+    (tmp_path / "key").write_bytes(key + b"\n")
+    assert session_key(str(tmp_path / "key"), shared=True) == key
+
+
+def test_the_app_encrypts_its_sessions_with_the_configured_key(tmp_path):
+    from app import create_app
+
+    key = Fernet.generate_key()
+    (tmp_path / "key").write_bytes(key)
+    app = create_app({"SESSION_STORE": f"sqlite:///{tmp_path / 'app.db'}", "SESSION_KEY_FILE": str(tmp_path / "key"),
+                      "ARCHIVES": ()})
+    with app.app_context():
+        from app.session_store import store
+
+        store().put("k", {"v": 1}, 10)
+    assert EncryptedStore(SQLiteStore(tmp_path / "app.db"), key).get("k") == {"v": 1}
