@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from wsgiref.types import StartResponse, WSGIEnvironment
 
 from flask import Flask
 from werkzeug.middleware.dispatcher import DispatcherMiddleware
@@ -80,10 +81,16 @@ def build_demo(base_url: str, *, extra_archives: str | None = None,
     return app, sandbox
 
 
+def _starting(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+    """The server's app until the real one is built (its URLs name the port, known only once bound)."""
+    start_response("503 Service Unavailable", [("Content-Type", "text/plain"), ("Retry-After", "1")])
+    return [b"Imaging Timeline demo is starting"]
+
+
 @contextmanager
 def serve_demo(port: int = 0, **options: Any) -> Iterator[Demo]:
     """Serve the demo in a background thread (tests, benchmarks); port 0 picks a free port."""
-    server = make_server("127.0.0.1", port, None, threaded=True)  # app set once the port is known
+    server = make_server("127.0.0.1", port, _starting, threaded=True)  # real app set once the port is known
     base_url = f"http://127.0.0.1:{server.server_port}"
     app, sandbox = build_demo(base_url, **options)
     server.app = DispatcherMiddleware(app, {"/sandbox": sandbox})
@@ -100,7 +107,7 @@ def serve_demo(port: int = 0, **options: Any) -> Iterator[Demo]:
 
 def run_demo(port: int, extra_archives: str | None = None) -> None:
     """Serve the demo in the foreground until interrupted."""
-    server = make_server("127.0.0.1", port, None, threaded=True)
+    server = make_server("127.0.0.1", port, _starting, threaded=True)  # real app set once the port is known
     base_url = f"http://127.0.0.1:{server.server_port}"
     app, sandbox = build_demo(base_url, extra_archives=extra_archives)
     server.app = DispatcherMiddleware(app, {"/sandbox": sandbox})

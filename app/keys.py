@@ -6,11 +6,13 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 from authlib.oauth2.rfc7523 import PrivateKeyJWT
 from authlib.oauth2.rfc7523.assertion import private_key_jwt_sign
 from flask import Blueprint, Flask, current_app, jsonify
-from joserfc.jwk import ECKey, KeySet, RSAKey
+from joserfc.errors import JoseError
+from joserfc.jwk import ECKey, KeySet, KeySetSerialization, RSAKey
 
 from .errors import ConfigError
 
@@ -38,7 +40,7 @@ class AppKeys:
                 f'Signing algorithm "{alg}" is not available; use one of {", ".join(sorted(self.by_alg))}.'
             ) from None
 
-    def public_jwks(self) -> dict:
+    def public_jwks(self) -> KeySetSerialization:
         return KeySet(list(self.by_alg.values())).as_dict(private=False)
 
 
@@ -56,21 +58,31 @@ def generate_keys() -> AppKeys:
     })
 
 
+def as_key_set(doc: Any) -> KeySetSerialization:
+    """A parsed JWKS document as joserfc's TypedDict, or ValueError (joserfc raises KeyError without "keys")."""
+    if not isinstance(doc, dict) or not isinstance(doc.get("keys"), list):
+        raise ValueError('a JWKS is a JSON object with a "keys" list')
+    return cast(KeySetSerialization, doc)
+
+
 def load_keys(path: str) -> AppKeys:
     """Keys from a PEM file (one RSA or EC P-384 private key) or a private JWKS JSON file."""
     text = Path(path).read_text()
     keys: dict[str, RSAKey | ECKey] = {}
     try:
         if text.lstrip().startswith("{"):
-            for key in KeySet.import_key_set(json.loads(text)).keys:
-                alg = key.get("alg") or ("RS384" if isinstance(key, RSAKey) else "ES384")
+            for key in KeySet.import_key_set(as_key_set(json.loads(text))).keys:
+                if not isinstance(key, RSAKey | ECKey):
+                    raise ConfigError(f"The key file {path} (IMAGING_TIMELINE_KEY_FILE) holds a key of type "
+                                      f"{key.key_type!r}; use RSA or EC P-384 keys ({' or '.join(SUPPORTED_ALGS)}).")
+                alg = key.alg or ("RS384" if isinstance(key, RSAKey) else "ES384")
                 keys[alg] = _with_kid(key, alg)
         else:
             try:
                 keys["RS384"] = _with_kid(RSAKey.import_key(text), "RS384")
             except ValueError:
                 keys["ES384"] = _with_kid(ECKey.import_key(text), "ES384")
-    except ValueError as exc:
+    except (ValueError, JoseError) as exc:
         raise ConfigError(
             f"The key file {path} (IMAGING_TIMELINE_KEY_FILE) is not a PEM private key or a JWKS; "
             "generate one with `openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048`."

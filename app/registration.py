@@ -152,12 +152,17 @@ def parse_registration(data: Any, path: str = "launch.json") -> Registration:
         if match == "prefix" and not iss.endswith("/"):
             # Without the slash, "https://ehr.example" would also match "https://ehr.example.evil".
             raise _err(path, where, "a prefix `iss` must end with \"/\"")
+        client_id = entry.get("client_id", data["client_id"])
+        if not isinstance(client_id, str) or not client_id.strip():
+            raise _err(path, where, "`client_id` must be a non-empty string")
+        scope = entry.get("scope", data["scope"])
+        if not isinstance(scope, str) or not scope.strip():
+            raise _err(path, where, "`scope` must be a non-empty string")
         types = tuple(entry.get("launch_types", default_types))
         if not types or set(types) - set(LAUNCH_TYPES):
             raise _err(path, where, f"`launch_types` must be a subset of {list(LAUNCH_TYPES)}")
         regs.append(IssuerRegistration(
-            iss=iss, client_id=entry.get("client_id", data["client_id"]), auth_method=method,
-            scope=entry.get("scope", data["scope"]), match=match,
+            iss=iss, client_id=client_id, auth_method=method, scope=scope, match=match,
             client_secret_env=entry.get("client_secret_env"), signing_alg=alg, launch_types=types,
             name=entry.get("name"),
         ))

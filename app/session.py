@@ -135,7 +135,7 @@ def current_session(expected_patient: str | None = None) -> SmartSession:
     """
     sid = request.cookies.get(COOKIE)
     rec = store().get(f"session:{sid}") if sid else None
-    if rec is None:
+    if not sid or rec is None:
         raise SessionExpired("Your Imaging Timeline session has ended or was never started. Relaunch the app "
                              "from the patient's chart in the EHR.")
     session = SmartSession.from_record(sid, rec)

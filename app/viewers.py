@@ -119,11 +119,11 @@ def viewer_link(study: Study, archive_id: str, viewer: Mapping[str, Any] | Any, 
             query += f"&patientID={_q(cx_patient_id(patient_id, issuer))}"
         link["url"] = _join_query(url, query)
     elif kind == "weasis":
-        base = _get(viewer, "dicomweb_url") or dicomweb_url
-        if not base or re.search(r'[\s"]', base):
+        archive_url: str | None = _get(viewer, "dicomweb_url") or dicomweb_url
+        if not archive_url or re.search(r'[\s"]', archive_url):
             log.warning("viewers: archive %s has a Weasis viewer but no usable DICOMweb address", archive_id)
             return None
-        link["url"] = "weasis://" + _q(f'$dicom:rs --url "{base.rstrip("/")}" -r "studyUID={uid}"')
+        link["url"] = "weasis://" + _q(f'$dicom:rs --url "{archive_url.rstrip("/")}" -r "studyUID={uid}"')
     elif kind == "url":
         values = {"study_uid": uid, "accession": study.accession, "patient_id": patient_id, "issuer": issuer}
         link["url"] = _TOKEN.sub(lambda m: _q(values.get(m.group(1))), url)

@@ -390,6 +390,16 @@ def test_bad_id_token_is_refused(app_url, ehr, claims, use_other_key):
     assert "itl_session" not in browser.cookies
 
 
+def test_jwks_without_a_keys_list_refuses_the_sign_in_readably(app_url, ehr):
+    ehr.server.expect_request("/jwks-not-a-set").respond_with_json({"kty": "RSA"})
+    ehr.well_known = {**ehr.default_well_known(), "jwks_uri": ehr.server.url_for("/jwks-not-a-set")}
+    resp, browser = launch(app_url, ehr.iss)
+    assert resp.status_code == 401
+    assert "signing keys from" in resp.text
+    assert "Traceback" not in resp.text
+    assert "itl_session" not in browser.cookies
+
+
 @pytest.mark.parametrize("status, words", [
     (401, "did not accept the app's access token"),
     (403, "refused access to this patient's record"),

@@ -33,6 +33,10 @@ def test_the_shipped_launch_json_is_valid():
     (with_(issuers=[{"iss": "https://e.example/fhir", "signing_alg": "RS256"}]), "must be RS384 or ES384"),
     (with_(issuers=[{"iss": "https://e.example", "match": "prefix"}]), 'a prefix `iss` must end with "/"'),
     (with_(issuers=[{"iss": "https://e.example/", "launch_types": ["portal"]}]), "`launch_types` must be"),
+    (with_(issuers=[{"iss": "https://e.example/fhir", "client_id": None}]),
+     "issuers[0]: `client_id` must be a non-empty string"),
+    (with_(issuers=[{"iss": "https://e.example/fhir", "scope": ["launch"]}]),
+     "issuers[0]: `scope` must be a non-empty string"),
 ])
 def test_bad_launch_json_names_the_key(data, message):
     with pytest.raises(ConfigError) as err:

@@ -7,6 +7,7 @@ headers *for that URL*, and credentials refuse any other origin (scheme, host an
 from __future__ import annotations
 
 import base64
+import json
 import logging
 import os
 import secrets
@@ -20,7 +21,7 @@ from joserfc import jwt
 from joserfc.jwk import ECKey, RSAKey
 
 from ..errors import ArchiveAuthError, ArchiveConfigError, ArchiveTimeout, ArchiveUnavailable, ResponseTooLarge
-from ..http import Deadline, fetch, origin, same_origin
+from ..http import Deadline, HttpAnswer, fetch, origin, same_origin
 from .config import ArchiveConfig
 
 log = logging.getLogger(__name__)
@@ -164,7 +165,8 @@ class SmartBackendAuth(_OriginBound):
         answer = self._call("POST", token_url, deadline, data=form)
         body = _json_object(answer.body)
         if answer.status != 200:
-            error = body.get("error") if isinstance(body.get("error"), str) else f"HTTP {answer.status}"
+            code = body.get("error")
+            error = code if isinstance(code, str) else f"HTTP {answer.status}"
             detail = body.get("error_description")
             raise ArchiveAuthError(f"token endpoint refused the backend client: {error[:80]}"
                                    + (f" ({detail[:160]})" if isinstance(detail, str) else ""))
@@ -187,7 +189,7 @@ class SmartBackendAuth(_OriginBound):
         self._token_url = endpoint
         return endpoint
 
-    def _call(self, method: str, url: str, deadline: Deadline, data: Mapping[str, str] | None = None):
+    def _call(self, method: str, url: str, deadline: Deadline, data: Mapping[str, str] | None = None) -> HttpAnswer:
         try:
             return fetch(self.http, method, url, data=data, headers={"Accept": "application/json"},
                          deadline=deadline, timeout=self.timeout, max_bytes=MAX_TOKEN_BYTES)
@@ -201,7 +203,7 @@ class SmartBackendAuth(_OriginBound):
 
 def _json_object(body: bytes) -> dict[str, Any]:
     try:
-        doc = requests.models.complexjson.loads(body)
+        doc = json.loads(body)
     except ValueError:
         return {}
     return doc if isinstance(doc, dict) else {}

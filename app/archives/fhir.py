@@ -101,14 +101,15 @@ class FhirArchive:
     def _search(self, rtype: str, variants: list[dict[str, Any]], deadline: Deadline, answer: ArchiveAnswer,
                 included: dict[str, dict[str, Any]]) -> Iterator[tuple[str | None, dict[str, Any]]]:
         """Matches of a search across pages; `_include`d resources go to `included` (by reference)."""
-        url: str | None = f"{self.base}/{rtype}"
-        bundle = None
+        search_url = f"{self.base}/{rtype}"
         for n, params in enumerate(variants):
-            http_answer = self.client.get(url, params=params, accept=ACCEPT, deadline=deadline)
+            http_answer = self.client.get(search_url, params=params, accept=ACCEPT, deadline=deadline)
             if http_answer.status == 400 and n + 1 < len(variants):
                 continue
             bundle = self._bundle(self.client.json(http_answer, empty=None))
             break
+        else:
+            raise ValueError('Argument "variants" must list at least one set of search parameters.')
         for _ in range(MAX_PAGES):
             for entry in bundle["entry"]:
                 resource = entry.get("resource") if isinstance(entry, dict) else None
@@ -123,10 +124,11 @@ class FhirArchive:
                 else:
                     for key in _keys(resource, full_url):
                         included[key] = resource
-            url = self._next(bundle, answer)
-            if url is None:
+            next_url = self._next(bundle, answer)
+            if next_url is None:
                 return
-            bundle = self._bundle(self.client.json(self.client.get(url, accept=ACCEPT, deadline=deadline), empty=None))
+            bundle = self._bundle(self.client.json(self.client.get(next_url, accept=ACCEPT, deadline=deadline),
+                                                   empty=None))
         answer.notes.append(f"stopped after {MAX_PAGES} pages")
 
     def _bundle(self, body: Any) -> dict[str, Any]:
@@ -140,7 +142,8 @@ class FhirArchive:
         return {**body, "entry": entries}
 
     def _next(self, bundle: dict[str, Any], answer: ArchiveAnswer) -> str | None:
-        links = bundle.get("link") if isinstance(bundle.get("link"), list) else []
+        link = bundle.get("link")
+        links = link if isinstance(link, list) else []
         nxt = next((lk.get("url") for lk in links if isinstance(lk, dict) and lk.get("relation") == "next"), None)
         if not isinstance(nxt, str) or not nxt:
             return None

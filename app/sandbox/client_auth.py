@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any
+from typing import Any, cast
 
 import requests
 from authlib.oauth2.rfc6749 import InvalidClientError
 from authlib.oauth2.rfc7523 import JWTBearerClientAssertion
 from joserfc import jwt
 from joserfc.errors import JoseError
-from joserfc.jwk import KeySet
+from joserfc.jwk import KeySet, KeySetSerialization
 
 from .runtime import runtime, token_url
 from .store import Client
@@ -61,7 +61,8 @@ class PrivateKeyJwt(JWTBearerClientAssertion):
     def resolve_client_public_key(self, client: Client) -> KeySet:
         registration = client.registration
         if registration.jwks is not None:
-            return KeySet.import_key_set(dict(registration.jwks))
+            # joserfc types the argument as its KeySetSerialization TypedDict; SandboxConfig holds a Mapping.
+            return KeySet.import_key_set(cast(KeySetSerialization, dict(registration.jwks)))
         return self._fetch_jwks(registration.jwks_uri or "")
 
     def _fetch_jwks(self, uri: str) -> KeySet:

@@ -18,6 +18,7 @@ from pydicom import dcmwrite
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import (
     PYDICOM_IMPLEMENTATION_UID,
+    UID,
     ComputedRadiographyImageStorage,
     CTImageStorage,
     DigitalMammographyXRayImageStorageForPresentation,
@@ -121,7 +122,7 @@ def instance_dataset(study: SandboxStudy, series: SandboxSeries, number: int) ->
 
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = sop_class
-    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.MediaStorageSOPInstanceUID = UID(sop_uid)
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
 

@@ -123,7 +123,10 @@ def _date_match(have: str, want: str) -> bool:
 def _values(ds: Dataset, keyword: str) -> list[str]:
     if keyword not in ds:
         return []
-    value = ds.data_element(keyword).value
+    elem = ds.data_element(keyword)
+    if elem is None:  # only for a string that is not a DICOM keyword, which `in` has already ruled out
+        return []
+    value = elem.value
     if isinstance(value, list | tuple | MultiValue):
         return [str(v) for v in value]
     return [str(value)]

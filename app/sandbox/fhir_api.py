@@ -254,9 +254,13 @@ class Search:
             if field is None:
                 self.ignored.append(f"_sort={key}")
                 continue
-            found = sorted(found, key=lambda r, f=field: r.get(f) or "", reverse=key.startswith("-"))
+            found = sorted(found, key=_sort_key(field), reverse=key.startswith("-"))
         self.used.append(("_sort", sort))
         return found
+
+
+def _sort_key(field: str) -> Callable[[dict[str, Any]], Any]:
+    return lambda resource: resource.get(field) or ""
 
 
 def _link(params: list[tuple[str, str]], offset: int, count: int) -> str:

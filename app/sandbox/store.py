@@ -82,7 +82,9 @@ class Client(ClientMixin):
 
     def check_client_secret(self, client_secret: str) -> bool:
         expected = self.registration.client_secret
-        return bool(expected) and secrets.compare_digest(expected.encode(), client_secret.encode())
+        if not expected:
+            return False
+        return secrets.compare_digest(expected.encode(), client_secret.encode())
 
     def check_endpoint_auth_method(self, method: str, endpoint: str) -> bool:
         if endpoint == "token":
