@@ -183,6 +183,8 @@ def stream():
     def generate() -> Iterator[str]:
         yield ": " + " " * 2048 + "\n\n"  # flush proxies' buffers so the first event is not held
         merged: dict[str, Study] = {}
+        parts: dict[str, list[Study]] = {}  # each archive's version of a study
+        rank = {aid: n for n, aid in enumerate(archives)}
         statuses = []
         current_uid: str | None = None
         try:
@@ -193,8 +195,11 @@ def stream():
                 # study's marker if it moved: the work per event is O(new studies), not O(all).
                 changed = {study.uid for study in found}
                 for study in found:
-                    have = merged.get(study.uid)
-                    merged[study.uid] = merge_studies([have, study] if have else [study])[0]
+                    # Merge in configuration order (the EHR's fields first), whatever the arrival order.
+                    versions = parts.setdefault(study.uid, [])
+                    versions.append(study)
+                    versions.sort(key=lambda v: min((rank.get(src, len(rank)) for src in v.sources), default=0))
+                    merged[study.uid] = merge_studies(versions)[0]
                 current = priors.current_study(merged.values(), session.context)
                 if current is not None and current.uid != current_uid:
                     changed |= {current.uid, *([current_uid] if current_uid else [])}
