@@ -1,0 +1,384 @@
+"""Federated search over real local DICOMweb servers, as ratios to the slowest archive and to plain HTTP + JSON.
+
+    python bench/federation.py [--quick] [--write] [--profile]
+
+(a) Fan-out: 5 QIDO-RS archives answering after 50, 100, 200, 300 and 400 ms. Time to the full
+    list from Federation.search, as a ratio to the slowest archive's latency (goal ≤ 1.10) and to
+    one plain requests.get of the slowest archive measured in the same run.
+(b) Processing: one archive holding 5,000 studies of the patient, no delay. Federation.search
+    end to end in µs per study, as a ratio to fetching the same pages with requests + json.loads.
+
+Each archive is a tiny WSGI app served by werkzeug (threaded) on 127.0.0.1. Its latency applies to
+every request, study- and series-level alike, as a real archive's would. The study-level JSON
+carries ModalitiesInStudy, yet DicomWebArchive.complete() still asks series-level QIDO once per
+kept study (BodyPartExamined is series-level only), so each part is measured twice: as shipped,
+and with complete() switched off (an adapter_factory) to isolate the study path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import json
+import logging
+import pstats
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+from typing import Any
+from urllib.parse import parse_qs
+
+import requests
+from _common import ROOT, machine, median, p90, table, timed, write_section
+from pydicom import Dataset
+from pydicom.uid import generate_uid
+from werkzeug.serving import make_server
+
+from app.archives.base import ArchiveClient
+from app.archives.config import ArchiveConfig, AuthConfig
+from app.archives.dicomweb import ACCEPT, PAGE, STUDY_FIELDS, DicomWebArchive
+from app.federation import Federation, FederationResult, merge_studies
+from app.http import Deadline
+from app.models import Identifier, LaunchContext, PatientSummary
+
+SYSTEM = "urn:oid:2.999.1.1"  # the bench patient's identifier domain
+ISSUER = "BENCH-PACS"  # IssuerOfPatientID every bench archive reports
+PATIENT = PatientSummary(id="pat-bench", name="Morgan Bigsby", birth_date=date(1950, 1, 1), sex="other",
+                         identifiers=(Identifier(SYSTEM, "BENCH0001"),))
+CONTEXT = LaunchContext(iss="http://127.0.0.1:9/fhir", patient_id=PATIENT.id, granted_scopes=frozenset())
+DELAYS_S = (0.05, 0.10, 0.20, 0.30, 0.40)
+STUDIES_PER_ARCHIVE = 3  # part (a): a small patient, so the shipped path costs (1 + 3) x latency
+BIG = 5000  # part (b)
+MODALITIES = ("CT", "MR", "CR", "US", "NM", "MG")
+PARTS = ("CHEST", "HEAD", "ABDOMEN", "KNEE", "BREAST", "PELVIS")
+
+
+class NoToken:
+    """The EHR token provider: no bench archive uses the clinician's token."""
+
+    def access_token(self) -> str:
+        return ""
+
+
+class StudyLevelOnly(DicomWebArchive):
+    """The shipped adapter without its series-level QIDO per study, to time the study path alone."""
+
+    def complete(self, studies: list, deadline: Deadline) -> None:
+        return None
+
+
+def study_level_only(config: ArchiveConfig, client: ArchiveClient, ctx: LaunchContext, every: Any) -> DicomWebArchive:
+    return StudyLevelOnly(config, client)
+
+
+# --- the archives ---------------------------------------------------------------------------------
+
+
+def study_json(archive: str, n: int) -> dict[str, Any]:
+    """One study-level QIDO result (PS3.18 Annex F DICOM JSON) of the bench patient, built by pydicom."""
+    ds = Dataset()
+    ds.StudyInstanceUID = generate_uid(entropy_srcs=[archive, str(n)])
+    ds.StudyDate = (date(2024, 6, 1) - timedelta(days=n)).strftime("%Y%m%d")
+    ds.StudyTime = f"{8 + n % 10:02d}{n % 60:02d}00"
+    ds.AccessionNumber = f"ACC{n:07d}"
+    ds.ModalitiesInStudy = [MODALITIES[n % len(MODALITIES)], "SR"]
+    ds.StudyDescription = f"{MODALITIES[n % len(MODALITIES)]} {PARTS[n % len(PARTS)]} W CONTRAST"
+    ds.ReferringPhysicianName = "Okafor^Ada"
+    ds.NumberOfStudyRelatedSeries = 3
+    ds.NumberOfStudyRelatedInstances = 120 + n % 50
+    ds.PatientID = "BENCH0001"
+    ds.IssuerOfPatientID = ISSUER
+    ds.PatientName = "Bigsby^Morgan"
+    ds.PatientBirthDate = "19500101"
+    ds.PatientSex = "O"
+    return ds.to_json_dict()
+
+
+def series_json(study: dict[str, Any], n: int) -> list[dict[str, Any]]:
+    out = []
+    for k in range(3):
+        ds = Dataset()
+        ds.SeriesInstanceUID = generate_uid(entropy_srcs=[study["0020000D"]["Value"][0], str(k)])
+        ds.Modality = MODALITIES[n % len(MODALITIES)] if k < 2 else "SR"
+        ds.BodyPartExamined = PARTS[n % len(PARTS)]
+        out.append(ds.to_json_dict())
+    return out
+
+
+@dataclass
+class QidoArchive:
+    """A WSGI QIDO-RS archive of one patient: /studies (limit/offset) and /studies/{uid}/series."""
+
+    delay_s: float
+    studies: list[dict[str, Any]]
+    requests: int = 0
+    _pages: dict[tuple[int, int], bytes] = field(default_factory=dict)
+    _series: dict[str, bytes] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        self._index = {study["0020000D"]["Value"][0]: n for n, study in enumerate(self.studies)}
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        time.sleep(self.delay_s)
+        with self._lock:
+            self.requests += 1
+        path, query = environ.get("PATH_INFO", ""), parse_qs(environ.get("QUERY_STRING", ""))
+        if path == "/studies":
+            if query.get("PatientID") != ["BENCH0001"]:
+                body = b"[]"
+            else:
+                offset = int(query.get("offset", ["0"])[0])
+                limit = int(query.get("limit", [str(len(self.studies))])[0])
+                body = self.page(offset, limit)
+        elif path.startswith("/studies/") and path.endswith("/series"):
+            body = self.series(path.split("/")[2])
+        else:
+            start_response("404 Not Found", [("Content-Type", "text/plain")])
+            return [b"not found"]
+        start_response("200 OK", [("Content-Type", "application/dicom+json"), ("Content-Length", str(len(body)))])
+        return [body]
+
+    def page(self, offset: int, limit: int) -> bytes:
+        key = (offset, limit)
+        with self._lock:
+            if key not in self._pages:
+                self._pages[key] = json.dumps(self.studies[offset:offset + limit]).encode()
+            return self._pages[key]
+
+    def series(self, uid: str) -> bytes:
+        with self._lock:  # encoded once, on first ask: the server's own cost stays tiny
+            if uid not in self._series:
+                n = self._index.get(uid)
+                self._series[uid] = b"[]" if n is None else json.dumps(series_json(self.studies[n], n)).encode()
+            return self._series[uid]
+
+
+@contextmanager
+def serve(app: QidoArchive) -> Iterator[str]:
+    """Serve `app` on a free port in a thread; yields its base URL."""
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+def archive_config(n: int, url: str, delay_s: float) -> ArchiveConfig:
+    return ArchiveConfig(id=f"bench-{n}", name=f"Bench archive {n} ({delay_s * 1000:g} ms)", kind="dicomweb",
+                         base_url=url, auth=AuthConfig(kind="none"), timeout_s=120.0, identifier_system=SYSTEM,
+                         issuer_of_patient_id=ISSUER, max_results=10_000)
+
+
+def federation(archives: tuple[ArchiveConfig, ...], *, series: bool) -> Federation:
+    kwargs: dict[str, Any] = {} if series else {"adapter_factory": study_level_only}
+    return Federation(archives, http=requests.Session(), deadline_s=300.0, cache_ttl_s=0, **kwargs)
+
+
+def search(fed: Federation, expected: int) -> float:
+    seconds, result = timed(lambda: fed.search(PATIENT, CONTEXT, NoToken()))
+    check(result, expected)
+    return seconds
+
+
+def check(result: FederationResult, expected: int) -> None:
+    bad = [f"{a.id}: {a.status} {a.reason or ''}" for a in result.archives if a.status != "ok"]
+    if bad or len(result.studies) != expected:
+        raise SystemExit(f"federation answered {len(result.studies)} of {expected} studies; {bad}")
+
+
+def qido_params(offset: int, limit: int) -> list[tuple[str, str | int]]:
+    """The study-level query exactly as DicomWebArchive.search sends it."""
+    return [("PatientID", "BENCH0001"), ("IssuerOfPatientID", ISSUER),
+            *(("includefield", name) for name in STUDY_FIELDS), ("limit", limit), ("offset", offset)]
+
+
+def plain_fetch(http: requests.Session, base: str, total: int, *, series: bool) -> int:
+    """Baseline: the same pages (and series answers) fetched with requests and json.loads only."""
+    count, offset, uids = 0, 0, []
+    while True:
+        resp = http.get(f"{base}/studies", params=qido_params(offset, PAGE), headers={"Accept": ACCEPT},
+                        timeout=60)
+        page = json.loads(resp.content)
+        count += len(page)
+        uids += [item["0020000D"]["Value"][0] for item in page]
+        offset += len(page)
+        if len(page) < PAGE:
+            break
+    if series:
+        for uid in uids:
+            json.loads(http.get(f"{base}/studies/{uid}/series", headers={"Accept": ACCEPT}, timeout=60).content)
+    if count != total:
+        raise SystemExit(f"baseline fetched {count} of {total} studies")
+    return count
+
+
+def spread(values: list[float], scale: float = 1000.0, fmt: str = "{:.0f}") -> str:
+    return f"{fmt.format(median(values) * scale)} / {fmt.format(p90(values) * scale)}"
+
+
+# --- (a) fan-out ------------------------------------------------------------------------------------
+
+
+def fan_out(repeats: int, shipped_repeats: int, warmup: int) -> tuple[str, str]:
+    with ExitStack() as stack:
+        configs = []
+        for n, delay in enumerate(DELAYS_S, 1):
+            app = QidoArchive(delay, [study_json(f"a{n}", k) for k in range(STUDIES_PER_ARCHIVE)])
+            configs.append(archive_config(n, stack.enter_context(serve(app)), delay))
+        archives = tuple(configs)
+        slowest, slowest_url = max(DELAYS_S), archives[-1].base_url
+        expected = STUDIES_PER_ARCHIVE * len(archives)
+        plain = requests.Session()
+        study_path, shipped = federation(archives, series=False), federation(archives, series=True)
+        for _ in range(warmup):
+            search(study_path, expected)
+            plain.get(f"{slowest_url}/studies", params=qido_params(0, PAGE), timeout=10)
+        base, fast, full = [], [], []
+        for n in range(repeats):  # interleaved, so drift on a shared machine hits all three alike
+            base.append(timed(lambda: json.loads(plain.get(f"{slowest_url}/studies", params=qido_params(0, PAGE),
+                                                           headers={"Accept": ACCEPT}, timeout=10).content))[0])
+            fast.append(search(study_path, expected))
+            if n < shipped_repeats:
+                full.append(search(shipped, expected))
+    plain_ms = median(base) * 1000
+    rows = [
+        ["plain `requests.get` of the slowest archive (baseline)", len(base), spread(base),
+         f"{median(base) / slowest:.2f}x", "1.00x"],
+        ["Federation.search, study path only (series QIDO off)", len(fast), spread(fast),
+         f"**{median(fast) / slowest:.2f}x**", f"{median(fast) * 1000 / plain_ms:.2f}x"],
+        ["Federation.search as shipped (series QIDO per study)", len(full), spread(full),
+         f"**{median(full) / slowest:.2f}x**", f"{median(full) * 1000 / plain_ms:.2f}x"],
+    ]
+    result = table(["5 archives, 50-400 ms, 3 studies each", "n", "ms median / p90", "÷ slowest latency (400 ms)",
+                    "÷ plain GET of slowest"], rows)
+    verdict = "met" if median(fast) / slowest <= 1.10 else "MISSED"
+    verdict_full = "met" if median(full) / slowest <= 1.10 else "MISSED"
+    summary = (f"Goal ≤ 1.10x the slowest archive: study path {verdict} ({median(fast) / slowest:.2f}x); "
+               f"as shipped {verdict_full} ({median(full) / slowest:.2f}x).")
+    return result, summary
+
+
+# --- (b) processing cost per study ------------------------------------------------------------------
+
+
+def per_study(repeats: int, shipped_repeats: int, warmup: int, profile: bool) -> tuple[str, str | None]:
+    studies = [study_json("big", k) for k in range(BIG)]
+    app = QidoArchive(0.0, studies)
+    with serve(app) as url:
+        archives = (archive_config(1, url, 0.0),)
+        plain = requests.Session()
+        study_path, shipped = federation(archives, series=False), federation(archives, series=True)
+        for _ in range(warmup):
+            plain_fetch(plain, url, BIG, series=False)
+            search(study_path, BIG)
+        before = app.requests
+        search(study_path, BIG)
+        pages = app.requests - before
+        base, fast, base_full, full = [], [], [], []
+        for n in range(repeats):
+            base.append(timed(lambda: plain_fetch(plain, url, BIG, series=False))[0])
+            fast.append(search(study_path, BIG))
+            if n < shipped_repeats:
+                base_full.append(timed(lambda: plain_fetch(plain, url, BIG, series=True))[0])
+                full.append(search(shipped, BIG))
+        hotspots = profile_study_path(study_path) if profile else None
+
+    def us(values: list[float]) -> str:
+        return f"{median(values) / BIG * 1e6:.0f}"
+
+    rows = [
+        [f"baseline: {pages} study pages, requests + json.loads", len(base), spread(base), us(base), "1.00x"],
+        ["Federation.search, study path only (series QIDO off)", len(fast), spread(fast), us(fast),
+         f"**{median(fast) / median(base):.1f}x**"],
+    ]
+    if full:
+        rows += [
+            [f"baseline: pages + {BIG} series answers, requests + json.loads", len(base_full), spread(base_full),
+             us(base_full), "1.00x"],
+            ["Federation.search as shipped (series QIDO per study)", len(full), spread(full), us(full),
+             f"**{median(full) / median(base_full):.1f}x**"],
+        ]
+    result = table([f"one archive, {BIG:,} studies, no latency", "n", "ms median / p90", "µs / study",
+                    "÷ its baseline"], rows)
+    return result, hotspots
+
+
+def short(filename: str) -> str:
+    """A profiled file's name without the machine's prefixes."""
+    if "site-packages/" in filename:
+        return filename.split("site-packages/")[-1]
+    if filename.startswith(str(ROOT)):
+        return filename[len(str(ROOT)) + 1:]
+    return filename.rsplit("/", 1)[-1]
+
+
+def profile_study_path(fed: Federation) -> str:
+    """cProfile one archive's search in this thread (Federation._run is what each pool thread runs)."""
+    archive = fed.archives[0]
+    profiler = cProfile.Profile()
+    profiler.enable()
+    outcome = fed._run(archive, fed.archives, PATIENT, CONTEXT, "", Deadline.after(300))
+    merge_studies(outcome.studies)
+    profiler.disable()
+    stats = pstats.Stats(profiler)
+    total = stats.total_tt  # type: ignore[attr-defined]
+    rows = [(cumtime, tottime, f"{short(filename)}:{line}({func})")
+            for (filename, line, func), (_, _, tottime, cumtime, _) in stats.stats.items()]  # type: ignore[attr-defined]
+    rows.sort(reverse=True)
+    lines = [f"cProfile of one study-path search, {BIG:,} studies ({total:.2f} s under the profiler); "
+             "top functions by cumulative time:", "",
+             table(["cumulative s", "own s", "function"],
+                   [[f"{c:.3f}", f"{t:.3f}", f"`{n}`"] for c, t, n in rows[:18]])]
+    own = sorted(rows, key=lambda r: r[1], reverse=True)[:8]
+    lines += ["", "Top by own time:", "",
+              table(["own s", "function"], [[f"{t:.3f}", f"`{n}`"] for _, t, n in own])]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="few repeats (smoke run)")
+    parser.add_argument("--write", action="store_true", help="update the federation section of docs/BENCHMARKS.md")
+    parser.add_argument("--profile", action="store_true", help="cProfile the 5,000-study study path")
+    args = parser.parse_args(argv)
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no access log lines in the output
+    if args.quick:
+        fan, per = fan_out(repeats=3, shipped_repeats=1, warmup=1), per_study(2, 0, 1, args.profile)
+    else:
+        fan, per = fan_out(repeats=11, shipped_repeats=3, warmup=2), per_study(5, 1, 1, args.profile)
+    (fan_table, fan_summary), (per_table, hotspots) = fan, per
+    print(machine())
+    print(fan_table)
+    print(fan_summary)
+    print(per_table)
+    if hotspots:
+        print(hotspots)
+    if args.write:
+        parts = [
+            "## Federation — `bench/federation.py`",
+            f"Measured {machine()}; {'`--quick`' if args.quick else 'default settings'}. "
+            "Archives are local werkzeug servers answering DICOM JSON built by pydicom; each archive's "
+            "latency applies to every request it answers.",
+            "### (a) Time to the full list, 5 archives of different latency",
+            fan_table,
+            fan_summary,
+            "### (b) Processing cost per study, 5,000-study patient",
+            per_table,
+        ]
+        if hotspots:
+            parts.append(hotspots)
+        write_section("federation", "\n\n".join(parts))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
