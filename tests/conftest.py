@@ -106,3 +106,4 @@ class StaticEhrToken:
 @pytest.fixture
 def ehr_token() -> StaticEhrToken:
     return StaticEhrToken()
+

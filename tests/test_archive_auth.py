@@ -134,9 +134,11 @@ def test_backend_token_is_cached_across_searches_and_sent_only_to_the_archive(ht
         assert status.status == "ok"
 
     paths = [r.path for r, _ in httpserver.log]
-    assert paths == ["/auth/token", "/out/fhir/ImagingStudy", "/out/fhir/ImagingStudy"]
+    assert paths[0] == "/auth/token"
+    assert paths.count("/auth/token") == 1  # cached across both searches and their parallel requests
+    assert paths.count("/out/fhir/ImagingStudy") == 2
     assert "Authorization" not in httpserver.log[0][0].headers
-    assert [r.headers["Authorization"] for r, _ in httpserver.log[1:]] == ["Bearer backend-token"] * 2
+    assert {r.headers["Authorization"] for r, _ in httpserver.log[1:]} == {"Bearer backend-token"}
     assert ehr_token.calls == 0
 
 
@@ -181,8 +183,8 @@ def test_the_token_endpoint_is_discovered_from_smart_configuration(httpserver, j
                            ).search(jane, ctx, ehr_token).archives
 
     assert status.status == "ok"
-    assert [r.path for r, _ in httpserver.log] == [
-        "/out/fhir/.well-known/smart-configuration", "/auth/token", "/out/fhir/ImagingStudy"]
+    assert [r.path for r, _ in httpserver.log][:2] == ["/out/fhir/.well-known/smart-configuration", "/auth/token"]
+    assert "/out/fhir/ImagingStudy" in [r.path for r, _ in httpserver.log[2:]]
 
 
 @pytest.mark.parametrize(("answer", "status_code", "reason"), [

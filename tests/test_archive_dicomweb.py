@@ -10,7 +10,6 @@ from datetime import datetime
 import pytest
 from conftest import MRN_SYSTEM
 from orthanc import ISSUER, SEED
-from pytest_httpserver import HTTPServer
 from werkzeug import Response
 
 from app.archives.config import ArchiveConfig, AuthConfig
@@ -217,15 +216,6 @@ def test_no_series_query_when_modality_and_region_are_known_at_study_level(https
 
     assert [r.path for r, _ in httpserver.log] == ["/dicom-web/studies"]
     assert result.studies[0].modalities == ("CT",)
-
-
-@pytest.fixture
-def threaded_httpserver():
-    server = HTTPServer(threaded=True)
-    server.start()
-    yield server
-    server.clear()
-    server.stop()
 
 
 def test_series_queries_run_in_parallel(threaded_httpserver, jane):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
 
 import pytest
 from conftest import MRN_SYSTEM, OUTSIDE_SYSTEM
@@ -207,13 +209,30 @@ def test_outside_reports_are_fetched_by_identifier_and_guarded_like_studies(http
     assert report_query.args["patient.identifier"] == f"{OUTSIDE_SYSTEM}|OUT-77"
 
 
-def test_outside_reports_are_not_requested_when_no_study_passed_the_guard(httpserver, jane, ehr_token):
-    httpserver.expect_request("/out/fhir/ImagingStudy").respond_with_json(bundle(
-        imaging_study("x-1", "1.1", subject={"reference": "Patient/o-1"}), included=(outside_patient(value="OUT-78"),)))
+def test_studies_reports_and_orders_are_searched_at_once(threaded_httpserver, jane, ehr_token):
+    lock, in_flight, most = threading.Lock(), [0], [0]
 
-    search([outside(httpserver.url_for("/out/fhir"))], jane, ehr_token, "http://ehr.invalid/fhir")
+    def slow(body):
+        def handler(request):
+            with lock:
+                in_flight[0] += 1
+                most[0] = max(most[0], in_flight[0])
+            time.sleep(0.2)
+            with lock:
+                in_flight[0] -= 1
+            return Response(json.dumps(body), content_type="application/fhir+json")
+        return handler
 
-    assert [r.path for r, _ in httpserver.log] == ["/out/fhir/ImagingStudy"]
+    server = threaded_httpserver
+    server.expect_request("/out/fhir/ImagingStudy").respond_with_handler(
+        slow(bundle(imaging_study("x-1", "1.1", subject={"reference": "Patient/o-1"}), included=(outside_patient(),))))
+    server.expect_request("/out/fhir/DiagnosticReport").respond_with_handler(slow(bundle()))
+    server.expect_request("/out/fhir/ServiceRequest").respond_with_handler(slow(bundle()))
+
+    result, _ = search([outside(server.url_for("/out/fhir"))], jane, ehr_token, "http://ehr.invalid/fhir")
+
+    assert [s.uid for s in result.studies] == ["1.1"]
+    assert most[0] == 3  # one round trip for the archive, not three
 
 
 def test_outside_falls_back_to_explicit_chaining_when_patient_identifier_is_refused(httpserver, jane, ehr_token):
@@ -229,7 +248,8 @@ def test_outside_falls_back_to_explicit_chaining_when_patient_identifier_is_refu
 
     result, _ = search([outside(httpserver.url_for("/fhir"))], jane, ehr_token, "http://ehr.invalid/fhir")
 
-    assert httpserver.log[1][0].args["subject:Patient.identifier"] == f"{OUTSIDE_SYSTEM}|OUT-77"
+    study_queries = [r for r, _ in httpserver.log if r.path == "/fhir/ImagingStudy"]
+    assert study_queries[1].args["subject:Patient.identifier"] == f"{OUTSIDE_SYSTEM}|OUT-77"
     assert [s.uid for s in result.studies] == ["1.1"]
 
 
@@ -386,4 +406,4 @@ def test_a_server_refusing_every_form_is_an_error_status(httpserver, jane, ehr_t
     _, status = search([outside(httpserver.url_for("/fhir"))], jane, ehr_token, "http://ehr.invalid/fhir")
 
     assert (status["outside"].status, status["outside"].reason) == ("error", "HTTP 400")
-    assert len(httpserver.log) == 3
+    assert len([r for r, _ in httpserver.log if r.path == "/fhir/ImagingStudy"]) == 3

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any
 from urllib.parse import urljoin, urlsplit
@@ -52,7 +53,6 @@ class FhirArchive:
         self.base = base.rstrip("/")
         self.archive_bases = archive_bases  # (archive id, base URL) of every DICOMweb archive
         self._lookups = 0
-        self._deferred: tuple[dict[str, str], ArchiveAnswer, dict[str, dict[str, Any]]] | None = None
 
     # --- search ---------------------------------------------------------------------------------
 
@@ -68,35 +68,65 @@ class FhirArchive:
             variants = [{"patient.identifier": value}, {"subject:Patient.identifier": value}]
         else:
             raise ArchiveError("a FHIR archive is searched by patient id or identifier only")
-        included: dict[str, dict[str, Any]] = {}
-        studies: list[tuple[str | None, dict[str, Any]]] = []
-        includes = ["ImagingStudy:endpoint"] + ([] if ref.patient_id else ["ImagingStudy:subject"])
-        # A server that rejects (rather than ignores) an unsupported _include gets one plain retry.
-        params = [{**v, "_include": includes, "_count": count} for v in variants]
-        params.append({**variants[-1], "_count": count})
-        for full_url, resource in self._search("ImagingStudy", params, deadline, answer, included):
-            studies.append((full_url, resource))
-            if len(studies) >= self.config.max_results:
-                break
+
+        def forms(rtype: str, includes: list[str]) -> list[dict[str, Any]]:
+            # A server that rejects (rather than ignores) an unsupported _include gets one plain retry.
+            with_include = [{**v, "_include": includes, "_count": count} for v in variants] if includes else []
+            return [*with_include, {**variants[-1], "_count": count}] if includes else \
+                [{**v, "_count": count} for v in variants]
+
+        elsewhere = ref.patient_id is None  # subjects must be read to check their identifiers
+        searches = {"ImagingStudy": forms("ImagingStudy", ["ImagingStudy:endpoint"]
+                                          + (["ImagingStudy:subject"] if elsewhere else []))}
+        for rtype in ("DiagnosticReport", "ServiceRequest"):
+            # On the EHR the clinician's granted scopes decide; elsewhere the archive's own
+            # credentials do. Records found by identifier are guarded one by one, like studies.
+            if not self.config.is_ehr or self.ctx.can_read(rtype):
+                searches[rtype] = forms(rtype, [f"{rtype}:subject"] if elsewhere else [])
+        # The searches are independent (FHIR R4 search): run them at once, so an archive costs one
+        # round trip rather than three. Credentials first, once: a backend token is fetched (or
+        # refused) a single time, not by each parallel search.
+        self.client.credentials.headers_for(f"{self.base}/ImagingStudy", deadline)
+        with ThreadPoolExecutor(max_workers=len(searches), thread_name_prefix="fhir") as pool:
+            futures = {rtype: pool.submit(self._collect, rtype, params, deadline)
+                       for rtype, params in searches.items()}
+            studies, included, partial = futures.pop("ImagingStudy").result()  # its failure is the archive's
+            others = {}
+            for rtype, future in futures.items():
+                try:
+                    others[rtype] = future.result()
+                except ArchiveError as exc:
+                    # Studies are still worth showing without their reports; say what is missing.
+                    if self.config.is_ehr:
+                        answer.notes.append(f"{rtype} unavailable ({exc.message})")
+                    log.info("archive %s: %s unavailable (%s)", self.config.id, rtype, exc.code)
+        for part in (partial, *(o[2] for o in others.values())):
+            answer.skipped.update(part.skipped)
+            answer.notes.extend(part.notes)
+        for _, extra_included, _ in others.values():
+            included.update(extra_included)
         for full_url, resource in studies:
             cand = self._candidate(resource, full_url, included, answer, deadline)
             if cand is not None:
                 answer.candidates.append(cand)
-        if ref.patient_id is not None and self.config.is_ehr:
-            self._reports_and_orders({"patient": ref.patient_id}, deadline, answer, included)
-        elif ref.identifier is not None:
-            # Another facility's reports and orders are found the way its studies were (by
-            # identifier), and only once the guard has kept some of its studies: see complete().
-            value = token(ref.identifier.system, ref.identifier.value)
-            self._deferred = ({"patient.identifier": value}, answer, included)
+        for rtype, build in (("DiagnosticReport", self._report), ("ServiceRequest", self._order)):
+            for full_url, raw in others.get(rtype, ([], {}, None))[0]:
+                build(raw, full_url, answer, included, deadline)
         return answer
 
     def complete(self, studies: list[Study], deadline: Deadline) -> None:
-        """Another facility's reports and orders, for studies that passed the guard (the EHR's came with search)."""
-        if studies and self._deferred is not None:
-            patient, answer, included = self._deferred
-            self._reports_and_orders(patient, deadline, answer, included)
-        self._deferred = None
+        """Nothing to add: ImagingStudy already carries series-level detail."""
+
+    def _collect(self, rtype: str, params: list[dict[str, Any]], deadline: Deadline
+                 ) -> tuple[list[tuple[str | None, dict[str, Any]]], dict[str, dict[str, Any]], ArchiveAnswer]:
+        """One search run to the end (capped): matches, included resources, and what was skipped."""
+        part, included = ArchiveAnswer(), dict[str, dict[str, Any]]()
+        found: list[tuple[str | None, dict[str, Any]]] = []
+        for match in self._search(rtype, params, deadline, part, included):
+            found.append(match)
+            if len(found) >= self.config.max_results:
+                break
+        return found, included, part
 
     def _search(self, rtype: str, variants: list[dict[str, Any]], deadline: Deadline, answer: ArchiveAnswer,
                 included: dict[str, dict[str, Any]]) -> Iterator[tuple[str | None, dict[str, Any]]]:
@@ -266,24 +296,6 @@ class FhirArchive:
         return found
 
     # --- DiagnosticReport and ServiceRequest ------------------------------------------------------
-
-    def _reports_and_orders(self, patient: dict[str, str], deadline: Deadline, answer: ArchiveAnswer,
-                            included: dict[str, dict[str, Any]]) -> None:
-        count = min(PAGE, self.config.max_results)
-        for rtype, build in (("DiagnosticReport", self._report), ("ServiceRequest", self._order)):
-            # On the EHR the clinician's granted scopes decide; elsewhere the archive's own
-            # credentials do, and a refusal only leaves a note.
-            if self.config.is_ehr and not self.ctx.can_read(rtype):
-                continue
-            try:
-                for n, (full_url, raw) in enumerate(self._search(rtype, [{**patient, "_count": count}],
-                                                                 deadline, answer, included)):
-                    if n >= self.config.max_results:
-                        break
-                    build(raw, full_url, answer, included, deadline)
-            except ArchiveError as exc:
-                # Studies are still worth showing without their reports; say what is missing.
-                answer.notes.append(f"{rtype} unavailable ({exc.message})")
 
     def _report(self, raw: dict[str, Any], full_url: str | None, answer: ArchiveAnswer,
                 included: dict[str, dict[str, Any]], deadline: Deadline) -> None:

@@ -280,8 +280,15 @@ def _bundle(base: str, search: Search, matches: list[dict[str, Any]]) -> dict[st
         links.append({"relation": "previous", "url": _link(search.used, max(0, offset - count), count)})
     entries = [{"fullUrl": f"{base}/{r['resourceType']}/{r['id']}", "resource": _render(r),
                 "search": {"mode": "match"}} for r in page]
-    if "ImagingStudy:endpoint" in search.params.getlist("_include") and search.rtype == "ImagingStudy":
-        refs = dict.fromkeys(e["reference"] for r in page for e in r.get("endpoint", []))
+    includes = set(search.params.getlist("_include"))
+    refs: dict[str, None] = {}
+    if "ImagingStudy:endpoint" in includes and search.rtype == "ImagingStudy":
+        refs.update(dict.fromkeys(e["reference"] for r in page for e in r.get("endpoint", [])))
+    if f"{search.rtype}:subject" in includes or f"{search.rtype}:patient" in includes:
+        # FHIR R4 search §3.1.1.5.5: the subject Patient of each match, once.
+        refs.update(dict.fromkeys(r["subject"]["reference"] for r in page
+                                  if isinstance(r.get("subject"), dict) and "reference" in r["subject"]))
+    if refs:
         for ref in refs:
             rtype, _, rid = ref.partition("/")
             if (resource := search.index.get(rtype, rid)) is not None:
