@@ -40,7 +40,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     from . import api, federation
 
     federation.init_app(app)
-    app.register_blueprint(api.bp)
+    api.init_app(app)
 
     @app.get("/health")
     def health():

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-from flask import Blueprint, Response, current_app, jsonify, request, stream_with_context, url_for
+from flask import Blueprint, Flask, Response, current_app, jsonify, request, stream_with_context, url_for
 
 from . import priors
 from .archives.base import ArchiveClient, raise_for_status
@@ -18,6 +18,7 @@ from .federation import federation, merge_studies
 from .http import Deadline
 from .launch import discovery
 from .models import ArchiveStatus, Study
+from .prefetch import Prefetcher
 from .session import SmartSession, current_session
 from .session_store import store
 from .viewers import viewer_links
@@ -127,11 +128,42 @@ def _was_shown(session: SmartSession, uid: str, archive_id: str) -> bool:
     return bool(shown and shown["patient"] == session.patient.id and archive_id in shown["studies"].get(uid, ()))
 
 
+# --- searching ---------------------------------------------------------------------------------
+
+
+class _FixedToken:
+    """The clinician's token as read (and refreshed if due) in the request; a search is shorter than its life."""
+
+    def __init__(self, token: str) -> None:
+        self.token = token
+
+    def access_token(self) -> str:
+        return self.token
+
+
+def _run_key(session: SmartSession) -> str:
+    return f"{session.id}:{session.patient.id}"
+
+
+def start_search(session: SmartSession) -> None:
+    """Start the federated search in the background as the timeline page is served (see prefetch.py)."""
+    fed = federation()
+    extra = tuple(a for a in archives_for(session).values() if a.source == "discovered")
+    needs_ehr_token = any(a.auth.kind == "ehr" for a in (*fed.archives, *extra))
+    token = _FixedToken(session.access_token() if needs_ehr_token else "")
+    patient, ctx, sid = session.patient, session.context, session.id
+    current_app.extensions["prefetch"].start(
+        _run_key(session), lambda: fed.iter_search(patient, ctx, token, session_id=sid, extra_archives=extra))
+
+
 # --- routes --------------------------------------------------------------------------------------
 
 
 def _session() -> SmartSession:
-    return current_session(expected_patient=request.args.get("patient"))
+    """The live session: its EHR token valid or renewable, else SessionExpired (even with results cached)."""
+    session = current_session(expected_patient=request.args.get("patient"))
+    session.access_token()
+    return session
 
 
 @bp.get("/context")
@@ -188,8 +220,10 @@ def stream():
         statuses = []
         current_uid: str | None = None
         try:
-            for status, found in federation().iter_search(session.patient, session.context, session,
-                                                          session_id=session.id, extra_archives=extra):
+            run = current_app.extensions["prefetch"].take(_run_key(session))
+            source = run.feed() if run is not None else federation().iter_search(
+                session.patient, session.context, session, session_id=session.id, extra_archives=extra)
+            for status, found in source:
                 statuses.append(status)
                 # Only the studies this archive brought change (merged by uid), plus the current
                 # study's marker if it moved: the work per event is O(new studies), not O(all).
@@ -224,7 +258,7 @@ def stream():
 @bp.get("/thumbnail/<archive_id>/<uid>")
 def thumbnail(archive_id: str, uid: str):
     """A representative image, fetched by the app so archive credentials never reach the browser."""
-    session = current_session()
+    session = _session()
     if not _was_shown(session, uid, archive_id):
         raise FhirNotFound("No such study in this patient's timeline.")
     archive = archives_for(session).get(archive_id)
@@ -255,7 +289,7 @@ def thumbnail(archive_id: str, uid: str):
 @bp.post("/access-log")
 def record_access():
     """Record a viewer opening: who, which patient, which study, which archive, when."""
-    session = current_session()
+    session = _session()
     data = request.get_json(force=True, silent=True)
     if not isinstance(data, dict) or not isinstance(data.get("uid"), str) or not isinstance(data.get("archive"), str):
         raise LaunchError("An access-log entry needs `uid` and `archive`.")
@@ -276,3 +310,8 @@ def record_access():
 
 
 
+
+
+def init_app(app: Flask) -> None:
+    app.extensions["prefetch"] = Prefetcher()
+    app.register_blueprint(bp)

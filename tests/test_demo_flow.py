@@ -290,3 +290,15 @@ def test_an_imaging_study_in_fhir_context_is_the_current_study(demo):
     _, browser = launch(demo, "pat-ben", embedded="1", fhir_context=f"ImagingStudy/{older['ids'][0]}")
     current = [s["uid"] for s in studies(demo, browser)["studies"] if s["current"]]
     assert current == [older["uid"]]
+
+
+def test_the_timeline_page_starts_the_search_that_its_stream_then_delivers(demo):
+    resp, browser = launch(demo, "pat-ben", embedded="1")  # ends on /timeline: the search is under way
+    assert resp.status_code == 200
+    prefetch = demo.app.extensions["prefetch"]
+    sid = browser.cookies["itl_session"]
+    assert f"{sid}:pat-ben" in prefetch._runs
+    streamed = browser.get(f"{demo.base_url}/api/studies/stream", timeout=60)
+    assert f"{sid}:pat-ben" not in prefetch._runs  # taken by the stream
+    rows = {s["uid"] for n, d in events(streamed.text) if n == "studies" for s in d["studies"]}
+    assert rows == {s["uid"] for s in studies(demo, browser)["studies"]}
