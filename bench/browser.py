@@ -1,0 +1,450 @@
+"""The in-chart timeline in a real browser: time to the first study and to the complete list.
+
+    python bench/browser.py [--quick] [--write]
+
+Debian's Chromium, driven by Playwright, launches the demo's timeline (a new browser context and
+a new SMART launch per run, so the app's per-session study cache never hides the archives) while
+the sandbox answers each archive's requests after a fixed delay (ehr 100 ms, dicomweb 300 ms,
+outside 600 ms; "auth" is not delayed). For the issue "The in-chart timeline":
+
+(a) time to the first study minus the fastest archive's latency (goal ≤ 50 ms), and
+(b) time to the complete list over the slowest archive's latency (goal ≤ 1.10x).
+
+Both are timed in the page from the moment timeline.js opens its EventSource (an init script wraps
+the constructor; timeline.js is not changed). A MutationObserver records `performance.now()` of
+the first `[data-study-uid]` row, and of the moment every archive chip has left "searching", the
+list is no longer aria-busy and the row count stops changing ("complete").
+
+Baselines, taken in the same run and interleaved with it: the configured delays, and each
+archive's own answer time over plain HTTP: `requests.get` replaying the app's own first search
+request of that archive (same URL, Accept and Authorization), with the delay in place.
+
+Profile: a WSGI wrapper in front of the demo times every sandbox request the app makes (per archive:
+how many, how long, when they end relative to the stream request) and when the stream yields its
+first `studies` event and its `done`, so server time and client time can be told apart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import platform
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import date
+from typing import Any
+
+import requests
+from _common import median, p90, table, write_section
+
+from app.demo import Demo, serve_demo
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync"]
+PATIENT = "pat-amy"
+DELAYS_S = {"ehr": 0.10, "dicomweb": 0.30, "outside": 0.60}  # sandbox delay keys
+APP_ID = {"ehr": "ehr", "dicomweb": "pacs", "outside": "outside"}  # sandbox key -> the app's archive id
+SEARCH_PATH = {  # the sandbox path of each archive's first (study-level) search
+    "ehr": "/sandbox/fhir/ImagingStudy",
+    "outside": "/sandbox/outside/fhir/ImagingStudy",
+    "dicomweb": "/sandbox/dicomweb/studies",
+}
+GOAL_FIRST_MS = 50.0
+GOAL_RATIO = 1.10
+TIMEOUT_MS = 30_000
+# perf_counter -> Unix time, so server instants compare with the page's timeOrigin + now() (one clock).
+EPOCH_OFFSET_S = time.time() - time.perf_counter()
+
+# Installed in every frame before any page script: wraps EventSource to note when timeline.js
+# opens the stream and when events arrive, and watches the DOM for the first row and the end.
+INIT_SCRIPT = r"""
+(() => {
+  const m = { timeOrigin: performance.timeOrigin, streamStart: null, firstArchiveEvent: null,
+              firstStudiesEvent: null, doneEvent: null, firstRow: null, chipsFinal: null, busyFalse: null,
+              lastRowChange: null, rows: 0 };
+  Object.defineProperty(window, '__bench', { value: m });
+  const Orig = window.EventSource;
+  if (Orig) {
+    const Wrapped = function (url, options) {
+      const source = new Orig(url, options);
+      if (String(url).includes('/api/studies/stream')) {
+        m.streamStart = performance.now();
+        source.addEventListener('archive', () => { m.firstArchiveEvent ??= performance.now(); });
+        source.addEventListener('studies', () => { m.firstStudiesEvent ??= performance.now(); });
+        source.addEventListener('done', () => { m.doneEvent = performance.now(); });
+      }
+      return source;
+    };
+    Wrapped.prototype = Orig.prototype;
+    Object.assign(Wrapped, { CONNECTING: 0, OPEN: 1, CLOSED: 2 });
+    window.EventSource = Wrapped;
+  }
+  const check = () => {
+    const now = performance.now();
+    const rows = document.querySelectorAll('[data-study-uid]').length;
+    if (rows && m.firstRow === null) m.firstRow = now;
+    if (rows !== m.rows) { m.rows = rows; m.lastRowChange = now; }
+    if (m.streamStart === null) return;
+    if (m.chipsFinal === null) {
+      const chips = [...document.querySelectorAll('#archive-chips [data-archive-id]')];
+      if (chips.length && chips.every((c) => c.getAttribute('data-status') !== 'searching')) m.chipsFinal = now;
+    }
+    const list = document.getElementById('study-list');
+    if (m.busyFalse === null && list && list.getAttribute('aria-busy') === 'false') m.busyFalse = now;
+  };
+  new MutationObserver(check).observe(document, {
+    childList: true, subtree: true, attributes: true, attributeFilter: ['data-status', 'aria-busy'],
+  });
+})();
+"""
+
+READ_MARKS = """() => {
+  const nav = performance.getEntriesByType('navigation')[0];
+  const statuses = Object.fromEntries([...document.querySelectorAll('#archive-chips [data-archive-id]')]
+    .map((c) => [c.dataset.archiveId, c.dataset.status]));
+  const stream = performance.getEntriesByType('resource').find((e) => e.name.includes('/api/studies/stream'));
+  return { ...window.__bench, fetchStart: nav ? nav.fetchStart : 0, statuses,
+           requestStart: stream ? stream.requestStart : null,
+           fatal: !document.getElementById('fatal')?.hidden };
+}"""
+
+DONE = "() => window.__bench && window.__bench.busyFalse !== null && window.__bench.chipsFinal !== null"
+
+
+# --- server-side timing -------------------------------------------------------------------------
+
+
+@dataclass
+class Hit:
+    """One request the demo served: what, when (perf_counter s), and the chunks of its body."""
+
+    path: str
+    query: str
+    headers: dict[str, str]
+    start: float
+    end: float = 0.0
+    events: list[tuple[str, float]] = field(default_factory=list)  # SSE event name, time yielded
+
+
+class _Body:
+    """The app's response iterable, passed through chunk by chunk (never buffered: SSE must stream)."""
+
+    def __init__(self, result: Iterable[bytes], hit: Hit, done: Callable[[Hit], None]) -> None:
+        self.result, self.hit, self.done = result, hit, done
+        self.stream = hit.path.endswith("/api/studies/stream")
+
+    def __iter__(self) -> Iterator[bytes]:
+        for chunk in self.result:
+            if self.stream:  # one chunk may carry several events (the app writes once per archive)
+                now = time.perf_counter()
+                for line in chunk.split(b"\n"):
+                    if line.startswith(b"event: "):
+                        self.hit.events.append((line[7:].decode(), now))
+            yield chunk
+
+    def close(self) -> None:
+        try:
+            close = getattr(self.result, "close", None)
+            if close is not None:
+                close()
+        finally:
+            self.hit.end = time.perf_counter()
+            self.done(self.hit)
+
+
+class Recorder:
+    """WSGI middleware in front of the whole demo: records every request (thread-safe)."""
+
+    def __init__(self, app: Callable[..., Any]) -> None:
+        self.app = app
+        self.hits: list[Hit] = []
+        self._lock = threading.Lock()
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        # Read before the dispatcher rewrites PATH_INFO for the mounted sandbox.
+        hit = Hit(environ.get("PATH_INFO", ""), environ.get("QUERY_STRING", ""),
+                  {k: environ[f"HTTP_{k.upper()}"] for k in ("Authorization", "Accept")
+                   if f"HTTP_{k.upper()}" in environ},
+                  time.perf_counter())
+        return _Body(self.app(environ, start_response), hit, self._finish)
+
+    def _finish(self, hit: Hit) -> None:
+        with self._lock:
+            self.hits.append(hit)
+
+    def take(self) -> list[Hit]:
+        with self._lock:
+            hits, self.hits = self.hits, []
+        return hits
+
+
+def archive_of(path: str) -> str | None:
+    """The sandbox delay key a request to `path` pays, or None (app, auth, discovery…)."""
+    if path.startswith("/sandbox/outside/fhir/"):
+        return None if path.endswith(("/metadata", "smart-configuration")) else "outside"
+    if path.startswith("/sandbox/fhir/"):
+        return None if path.endswith(("/metadata", "smart-configuration")) else "ehr"
+    if path.startswith("/sandbox/dicomweb/") and not path.endswith(("/rendered", "/thumbnail")):
+        return "dicomweb"  # QIDO; the rendered images are the page's thumbnails, not the search
+    return None
+
+
+# --- one run ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    first_ms: float  # stream opened -> first row in the DOM
+    complete_ms: float  # stream opened -> every chip final, not busy, rows settled
+    first_event_ms: float  # stream opened -> first `studies` event delivered to the page
+    done_event_ms: float  # stream opened -> `done` event delivered
+    nav_first_ms: float  # /timeline fetch start -> first row
+    nav_complete_ms: float
+    server_first_ms: float  # stream request arrived -> first `studies` event yielded
+    server_done_ms: float  # stream request arrived -> `done` yielded
+    open_to_request_ms: float  # EventSource constructed -> request sent (Resource Timing; one clock)
+    request_to_server_ms: float  # request sent -> the request reached the demo's WSGI app
+    wire_first_ms: float  # first `studies` yielded -> delivered to the page's listener
+    render_first_ms: float  # first `studies` delivered -> first row in the DOM
+    wire_done_ms: float  # `done` yielded -> delivered
+    settle_ms: float  # `done` delivered -> complete
+    requests: dict[str, int]  # per archive: sandbox requests the app made
+    busy_ms: dict[str, float]  # per archive: stream arrival -> its last sandbox request answered
+    rows: int
+
+
+def measure(browser: Any, demo: Demo, recorder: Recorder, iframe: bool) -> tuple[Run, list[Hit]]:
+    """One fresh launch (new context = new app session) until the timeline is complete."""
+    width = 900 if iframe else 1400
+    context = browser.new_context(viewport={"width": width, "height": 1000})
+    context.add_init_script(INIT_SCRIPT)
+    try:
+        page = context.new_page()
+        recorder.take()
+        if iframe:
+            page.goto(f"{demo.chart_url}?patient={PATIENT}")
+            page.frame_locator("#app-frame").locator("#study-list").wait_for(state="attached", timeout=TIMEOUT_MS)
+            frame = next(f for f in page.frames if f.url.split("?")[0].endswith("/timeline"))
+        else:
+            page.goto(f"{demo.chart_url}launch?patient={PATIENT}")
+            frame = page.main_frame
+        frame.wait_for_function(DONE, timeout=TIMEOUT_MS, polling=50)
+        marks = frame.evaluate(READ_MARKS)
+    finally:
+        context.close()
+    time.sleep(0.05)  # let the stream's close() land in the recorder
+    hits = recorder.take()
+    if marks["fatal"] or any(s != "ok" for s in marks["statuses"].values()):
+        raise SystemExit(f"the timeline did not complete cleanly: {marks['statuses']} fatal={marks['fatal']}")
+    stream = next(h for h in hits if h.path.endswith("/api/studies/stream"))
+    events = dict(reversed(stream.events))  # the first time of each event name
+    per: dict[str, list[Hit]] = {}
+    for hit in hits:
+        if hit.start >= stream.start and (key := archive_of(hit.path)) is not None:
+            per.setdefault(key, []).append(hit)
+    s0 = marks["streamStart"]
+    complete = max(marks["chipsFinal"], marks["busyFalse"], marks["lastRowChange"])
+
+    def page_ms(server_s: float) -> float:  # a server instant on the page's performance.now() scale
+        return (server_s + EPOCH_OFFSET_S) * 1000 - marks["timeOrigin"]
+
+    return Run(
+        first_ms=marks["firstRow"] - s0, complete_ms=complete - s0,
+        first_event_ms=marks["firstStudiesEvent"] - s0, done_event_ms=marks["doneEvent"] - s0,
+        nav_first_ms=marks["firstRow"] - marks["fetchStart"], nav_complete_ms=complete - marks["fetchStart"],
+        server_first_ms=(events["studies"] - stream.start) * 1000,
+        server_done_ms=(events["done"] - stream.start) * 1000,
+        open_to_request_ms=(marks["requestStart"] or s0) - s0,
+        request_to_server_ms=page_ms(stream.start) - (marks["requestStart"] or s0),
+        wire_first_ms=marks["firstStudiesEvent"] - page_ms(events["studies"]),
+        render_first_ms=marks["firstRow"] - marks["firstStudiesEvent"],
+        wire_done_ms=marks["doneEvent"] - page_ms(events["done"]),
+        settle_ms=complete - marks["doneEvent"],
+        requests={k: len(v) for k, v in per.items()},
+        busy_ms={k: (max(h.end for h in v) - stream.start) * 1000 for k, v in per.items()},
+        rows=marks["rows"],
+    ), hits
+
+
+def plain_get(http: requests.Session, demo: Demo, hit: Hit) -> float:
+    """ms of one plain GET replaying the app's own request (same URL and headers)."""
+    url = f"{demo.base_url}{hit.path}?{hit.query}"
+    start = time.perf_counter()
+    answer = http.get(url, headers=hit.headers, timeout=10)
+    answer.content  # noqa: B018  # the whole body is part of the answer
+    elapsed = (time.perf_counter() - start) * 1000
+    answer.raise_for_status()
+    return elapsed
+
+
+# --- the report ---------------------------------------------------------------------------------
+
+
+def fmt(values: list[float], digits: int = 0) -> str:
+    return f"{median(values):.{digits}f} / {p90(values):.{digits}f}"
+
+
+def section(title: str, runs: list[Run], plain: dict[str, list[float]]) -> tuple[str, bool, bool]:
+    """The Markdown for one launch mode, and whether goals (a) and (b) are met (medians)."""
+    fastest = min(DELAYS_S, key=DELAYS_S.__getitem__)
+    slowest = max(DELAYS_S, key=DELAYS_S.__getitem__)
+    fast_cfg, slow_cfg = DELAYS_S[fastest] * 1000, DELAYS_S[slowest] * 1000
+    fast_plain, slow_plain = plain[fastest], plain[slowest]
+    first = [r.first_ms for r in runs]
+    complete = [r.complete_ms for r in runs]
+    # Per run against the baseline taken right after it (interleaved), then median / p90.
+    diff_plain = [r.first_ms - b for r, b in zip(runs, fast_plain, strict=True)]
+    ratio_plain = [r.complete_ms / b for r, b in zip(runs, slow_plain, strict=True)]
+    diff_cfg = [f - fast_cfg for f in first]
+    ratio_cfg = [c / slow_cfg for c in complete]
+    met_a = median(diff_plain) <= GOAL_FIRST_MS and median(diff_cfg) <= GOAL_FIRST_MS
+    met_b = median(ratio_plain) <= GOAL_RATIO and median(ratio_cfg) <= GOAL_RATIO
+    rows = [
+        ("(a) first study in the DOM, ms", fmt(first), ""),
+        (f"fastest archive ({APP_ID[fastest]}): configured delay, ms", f"{fast_cfg:.0f}", ""),
+        (f"fastest archive ({APP_ID[fastest]}): plain GET of its search, ms", fmt(fast_plain), ""),
+        ("**first study - fastest (configured)**, ms", f"**{fmt(diff_cfg)}**", f"≤ {GOAL_FIRST_MS:.0f}"),
+        ("**first study - fastest (plain GET)**, ms", f"**{fmt(diff_plain)}**", f"≤ {GOAL_FIRST_MS:.0f}"),
+        ("(b) complete list, ms", fmt(complete), ""),
+        (f"slowest archive ({APP_ID[slowest]}): configured delay, ms", f"{slow_cfg:.0f}", ""),
+        (f"slowest archive ({APP_ID[slowest]}): plain GET of its search, ms", fmt(slow_plain), ""),
+        ("**complete ÷ slowest (configured)**", f"**{fmt(ratio_cfg, 2)}**x", f"≤ {GOAL_RATIO:.2f}x"),
+        ("**complete ÷ slowest (plain GET)**", f"**{fmt(ratio_plain, 2)}**x", f"≤ {GOAL_RATIO:.2f}x"),
+    ]
+    text = (f"### {title} (n={len(runs)})\n\n" + table(("measure", "median / p90", "goal"), rows) + "\n\n"
+            f"Goal (a) first study ≤ {GOAL_FIRST_MS:.0f} ms after the fastest archive: "
+            f"{'met' if met_a else 'MISSED'}. Goal (b) complete ≤ {GOAL_RATIO:.2f}x the slowest archive: "
+            f"{'met' if met_b else 'MISSED'}.\n\n" + profile(runs) + "\n")
+    return text, met_a, met_b
+
+
+def profile(runs: list[Run]) -> str:
+    """Where the time goes: the server's stream and each archive's requests, then the page."""
+    rows = [
+        ("page: EventSource opened -> request sent (Resource Timing)", fmt([r.open_to_request_ms for r in runs], 1)),
+        ("wire: request sent -> in the server's WSGI app", fmt([r.request_to_server_ms for r in runs], 1)),
+        ("server: stream request in -> first `studies` event yielded", fmt([r.server_first_ms for r in runs])),
+        ("wire: first `studies` yielded -> delivered to the page", fmt([r.wire_first_ms for r in runs], 1)),
+        ("page: first `studies` delivered -> first row in the DOM", fmt([r.render_first_ms for r in runs], 1)),
+        ("= page: stream opened -> first row", fmt([r.first_ms for r in runs])),
+        ("(page: /timeline fetch start -> first row, page load included)", fmt([r.nav_first_ms for r in runs])),
+        ("server: stream request in -> `done` yielded", fmt([r.server_done_ms for r in runs])),
+        ("wire: `done` yielded -> delivered", fmt([r.wire_done_ms for r in runs], 1)),
+        ("page: `done` delivered -> complete (chips final, rows settled)", fmt([r.settle_ms for r in runs], 1)),
+        ("= page: stream opened -> complete", fmt([r.complete_ms for r in runs])),
+        ("(page: /timeline fetch start -> complete)", fmt([r.nav_complete_ms for r in runs])),
+    ]
+    for key in sorted(DELAYS_S, key=DELAYS_S.__getitem__):
+        counts = sorted({r.requests.get(key, 0) for r in runs})
+        rows.append((f"server: archive {APP_ID[key]} ({DELAYS_S[key] * 1000:.0f} ms per request), "
+                     f"{'/'.join(map(str, counts))} request(s) one after another: stream in -> last answered",
+                     fmt([r.busy_ms.get(key, 0.0) for r in runs])))
+    return table(("where", "ms median / p90"), rows)
+
+
+def chromium_version(browser: Any) -> str:
+    return browser.version
+
+
+def notes(runs: list[Run]) -> str:
+    """Where the time to the first study and to the complete list goes (from one launch mode's runs)."""
+    def med(get: Callable[[Run], float]) -> float:
+        return median([get(r) for r in runs])
+
+    fastest = min(DELAYS_S, key=DELAYS_S.__getitem__)
+    slowest = max(DELAYS_S, key=DELAYS_S.__getitem__)
+    n_fast = median([r.requests.get(fastest, 0) for r in runs])
+    n_slow = median([r.requests.get(slowest, 0) for r in runs])
+    page_first = med(lambda r: r.open_to_request_ms + r.wire_first_ms + r.render_first_ms)
+    return "\n".join([
+        "Where the time goes (full-window medians):",
+        f"- First study: the server yields the first `studies` event {med(lambda r: r.server_first_ms):.0f} ms "
+        f"after the stream request arrives, because the {APP_ID[fastest]} archive sends {n_fast:.0f} requests "
+        f"one after another ({DELAYS_S[fastest] * 1000:.0f} ms each) and its studies are held until the last. "
+        f"The page adds {page_first:.0f} ms: {med(lambda r: r.open_to_request_ms):.0f} ms from `new EventSource` "
+        f"to the request leaving, {med(lambda r: r.wire_first_ms):.1f} ms on the wire and "
+        f"{med(lambda r: r.render_first_ms):.0f} ms from the event to the row (requestAnimationFrame render).",
+        f"- Complete: `done` is yielded {med(lambda r: r.server_done_ms):.0f} ms after the stream request, when the "
+        f"{APP_ID[slowest]} archive has answered its {n_slow:.0f} requests one after another "
+        f"({DELAYS_S[slowest] * 1000:.0f} ms each); the page adds {med(lambda r: r.settle_ms):.0f} ms after `done`.",
+    ])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="2 runs per launch mode instead of 7")
+    parser.add_argument("--write", action="store_true", help="rewrite the bench:browser section of docs/BENCHMARKS.md")
+    parser.add_argument("--runs", type=int, default=None, help="runs per launch mode (after one warm-up)")
+    args = parser.parse_args()
+    n = args.runs or (2 if args.quick else 7)
+    logging.basicConfig(level=logging.ERROR)
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no access log lines per request
+
+    from playwright.sync_api import sync_playwright
+
+    wall = time.perf_counter()
+    results: list[tuple[str, list[Run], dict[str, list[float]]]] = []
+    with serve_demo() as demo, sync_playwright() as pw, requests.Session() as http:
+        recorder = Recorder(demo.server.app)
+        demo.server.app = recorder  # werkzeug reads server.app per request
+        demo.sandbox.extensions["sandbox"].delays.update(DELAYS_S)
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        version = chromium_version(browser)
+        try:
+            for title, iframe in (("Full-window launch, 1400 px", False),
+                                  ("In the sandbox chart's iframe, 900 px", True)):
+                _, hits = measure(browser, demo, recorder, iframe)  # warm-up (also yields the requests to replay)
+                replay = {k: next(h for h in hits if h.path == p) for k, p in SEARCH_PATH.items()}
+                for hit in replay.values():
+                    plain_get(http, demo, hit)
+                runs: list[Run] = []
+                plain: dict[str, list[float]] = {k: [] for k in DELAYS_S}
+                for i in range(n):
+                    run, _ = measure(browser, demo, recorder, iframe)
+                    runs.append(run)
+                    for key, hit in replay.items():  # interleaved: right after each measured run
+                        plain[key].append(plain_get(http, demo, hit))
+                    print(f"{title} run {i + 1}/{n}: first {run.first_ms:.0f} ms, complete {run.complete_ms:.0f} ms, "
+                          f"rows {run.rows}", file=sys.stderr)
+                results.append((title, runs, plain))
+        finally:
+            browser.close()
+    elapsed = time.perf_counter() - wall
+
+    parts, verdicts = [], []
+    for title, runs, plain in results:
+        text, met_a, met_b = section(title, runs, plain)
+        parts.append(text)
+        verdicts.append((title, met_a, met_b))
+    delays = ", ".join(f"{APP_ID[k]} ({k}) {v * 1000:.0f} ms" for k, v in DELAYS_S.items())
+    body = "\n".join([
+        "## In-chart timeline in the browser — `bench/browser.py`",
+        "",
+        f"Measured {date.today().isoformat()} on {os.cpu_count()} CPUs ({platform.machine()}), "
+        f"Python {platform.python_version()}, Chromium {version} (headless, Playwright); "
+        f"{n} runs per launch mode after one warm-up, {elapsed:.0f} s in all{' (--quick)' if args.quick else ''}. "
+        f"Patient {PATIENT}; sandbox delay on every request of an archive: {delays}; auth not delayed. "
+        "Each run is a new browser context and a new SMART launch (a new app session, so the per-session "
+        "study cache is cold). Times are from the moment timeline.js opens the EventSource; "
+        "\"complete\" = every archive chip final, the list no longer aria-busy and the row count settled. "
+        "\"Plain GET\" replays the app's own study-level search of that archive with `requests` "
+        "(same URL and headers, delay in place), once right after each measured run.",
+        "",
+        *parts,
+        notes(results[0][1]),
+        "",
+        "Verdicts (medians): " + "; ".join(
+            f"{t}: (a) {'met' if a else 'MISSED'}, (b) {'met' if b else 'MISSED'}" for t, a, b in verdicts) + ".",
+    ])
+    print(body)
+    if args.write:
+        write_section("browser", body)
+
+
+if __name__ == "__main__":
+    main()
