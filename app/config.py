@@ -37,6 +37,7 @@ DEFAULTS: dict[str, Any] = {
     "ACCESS_LOG_FILE": None,
     "STUDY_CACHE_TTL_S": 120,
     "FEDERATION_DEADLINE_S": 30.0,
+    "PREFETCH_SEARCH": True,  # start the archive searches when /timeline is served
     "FRAME_ANCESTORS": None,  # extra CSP frame-ancestors origins beyond the allow-listed issuers
 }
 

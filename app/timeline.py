@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, render_template, url_for
+from flask import Blueprint, current_app, render_template, url_for
 
 from . import priors
 from .api import initial_statuses, start_search
@@ -14,7 +14,8 @@ bp = Blueprint("timeline", __name__)
 @bp.get("/timeline")
 def timeline():
     session = current_session()
-    start_search(session)  # the archives work while the page loads; the stream picks the run up
+    if current_app.config["PREFETCH_SEARCH"]:
+        start_search(session)  # the archives work while the page loads; the stream picks the run up
     return render_template(
         "timeline.html", session=session, patient=session.patient, ctx=session.context,
         style=session.style or {}, archives=initial_statuses(session),

@@ -105,7 +105,10 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         options = {"APP_KEYS": generate_keys(), "SESSION_STORE": f"sqlite:///{Path(tmp) / 'sessions.db'}",
-                   "ACCESS_LOG_FILE": str(Path(tmp) / "access.jsonl")}
+                   "ACCESS_LOG_FILE": str(Path(tmp) / "access.jsonl"),
+                   # The launch alone: /timeline would otherwise start the archive searches in the
+                   # background, and hundreds of them would load the machine under the baseline.
+                   "PREFETCH_SEARCH": False}
         with serve_demo(app_options=options) as demo:
             dispatcher = demo.server.app
             app_timer, ehr_timer = WsgiTimer(dispatcher.app), WsgiTimer(dispatcher.mounts["/sandbox"])
