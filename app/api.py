@@ -22,7 +22,7 @@ from .models import ArchiveStatus, Study
 from .prefetch import Prefetcher
 from .session import SmartSession, current_session
 from .session_store import store
-from .viewers import viewer_links
+from .viewers import is_dicom_uid, viewer_links
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("app.access")
@@ -219,7 +219,14 @@ def stream():
     and a slow archive shows as "searching" instead of holding the page. Each `studies` event
     carries the merged state of every study that changed, so the browser only upserts rows.
     """
-    session = _session()
+    try:
+        session = _session()
+    except AppError as exc:
+        # An EventSource cannot read an HTTP error status: say it as the stream's one event, so
+        # the page shows "relaunch from the chart" instead of retrying a dead session.
+        log.info("stream refused: %s", exc.code)
+        body = _event("fatal", {"message": exc.message, "status": exc.status, "title": exc.title})
+        return Response(body, mimetype="text/event-stream", headers={"Cache-Control": "no-store"})
     archives = archives_for(session)
     extra = tuple(a for a in archives.values() if a.source == "discovered")
     _no_delay(request.environ)
@@ -274,7 +281,7 @@ def stream():
 def thumbnail(archive_id: str, uid: str):
     """A representative image, fetched by the app so archive credentials never reach the browser."""
     session = _session()
-    if not _was_shown(session, uid, archive_id):
+    if not is_dicom_uid(uid) or not _was_shown(session, uid, archive_id):
         raise FhirNotFound("No such study in this patient's timeline.")
     archive = archives_for(session).get(archive_id)
     if archive is None or archive.kind != "dicomweb":

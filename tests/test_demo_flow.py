@@ -302,3 +302,19 @@ def test_the_timeline_page_starts_the_search_that_its_stream_then_delivers(demo)
     assert f"{sid}:pat-ben" not in prefetch._runs  # taken by the stream
     rows = {s["uid"] for n, d in events(streamed.text) if n == "studies" for s in d["studies"]}
     assert rows == {s["uid"] for s in studies(demo, browser)["studies"]}
+
+
+def test_a_stream_without_a_session_says_relaunch_as_an_event(demo):
+    resp = requests.get(f"{demo.base_url}/api/studies/stream", timeout=10)
+    assert resp.status_code == 200  # EventSource cannot read error statuses
+    (name, data), = events(resp.text)
+    assert name == "fatal"
+    assert data["status"] == 401
+    assert "Relaunch" in data["message"]
+
+
+def test_a_stream_for_another_patients_window_is_refused_as_an_event(demo):
+    _, browser = launch(demo, "pat-amy", embedded="1")
+    resp = browser.get(f"{demo.base_url}/api/studies/stream", params={"patient": "pat-ben"}, timeout=10)
+    (name, data), = events(resp.text)
+    assert (name, data["status"]) == ("fatal", 409)
