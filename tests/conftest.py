@@ -107,3 +107,28 @@ class StaticEhrToken:
 def ehr_token() -> StaticEhrToken:
     return StaticEhrToken()
 
+
+
+class ConcurrencyProbe:
+    """Slow JSON handlers for a threaded httpserver that record how many requests overlapped."""
+
+    def __init__(self, hold_s: float = 0.2) -> None:
+        import threading
+
+        self.hold_s, self.most, self._in_flight, self._lock = hold_s, 0, 0, threading.Lock()
+
+    def answer(self, body, content_type: str = "application/fhir+json"):
+        import json
+        import time
+
+        from werkzeug import Response
+
+        def handler(request):
+            with self._lock:
+                self._in_flight += 1
+                self.most = max(self.most, self._in_flight)
+            time.sleep(self.hold_s)
+            with self._lock:
+                self._in_flight -= 1
+            return Response(json.dumps(body), content_type=content_type)
+        return handler

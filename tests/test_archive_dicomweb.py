@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import threading
 import time
 from datetime import datetime
 
 import pytest
-from conftest import MRN_SYSTEM
+from conftest import MRN_SYSTEM, ConcurrencyProbe
 from orthanc import ISSUER, SEED
 from werkzeug import Response
 
@@ -223,17 +222,8 @@ def test_series_queries_run_in_parallel(threaded_httpserver, jane):
     uids = [f"1.{n}" for n in range(6)]
     httpserver.expect_request("/dicom-web/studies").respond_with_json([study_json(uid) for uid in uids])
 
-    lock, in_flight, most = threading.Lock(), [0], [0]
-
-    def slow_series(request):
-        with lock:
-            in_flight[0] += 1
-            most[0] = max(most[0], in_flight[0])
-        time.sleep(0.2)
-        with lock:
-            in_flight[0] -= 1
-        return Response(json.dumps([{"00180015": {"vr": "CS", "Value": ["KNEE"]}}]),
-                        content_type="application/dicom+json")
+    probe = ConcurrencyProbe()
+    slow_series = probe.answer([{"00180015": {"vr": "CS", "Value": ["KNEE"]}}], "application/dicom+json")
 
     for uid in uids:
         httpserver.expect_request(f"/dicom-web/studies/{uid}/series").respond_with_handler(slow_series)
@@ -241,7 +231,7 @@ def test_series_queries_run_in_parallel(threaded_httpserver, jane):
     result, _ = search(pacs(httpserver.url_for("/dicom-web")), jane)
 
     assert [s.body_sites for s in result.studies] == [("KNEE",)] * 6
-    assert most[0] > 1  # the archive saw several lookups at once, not one after another
+    assert probe.most > 1  # the archive saw several lookups at once, not one after another
 
 
 def test_an_answer_without_the_issuer_we_asked_for_is_dropped(httpserver, jane):

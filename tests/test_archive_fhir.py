@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import json
-import threading
-import time
 
 import pytest
-from conftest import MRN_SYSTEM, OUTSIDE_SYSTEM
+from conftest import MRN_SYSTEM, OUTSIDE_SYSTEM, ConcurrencyProbe
 from werkzeug import Response
 
 from app.archives.config import ArchiveConfig, AuthConfig
@@ -210,18 +208,8 @@ def test_outside_reports_are_fetched_by_identifier_and_guarded_like_studies(http
 
 
 def test_studies_reports_and_orders_are_searched_at_once(threaded_httpserver, jane, ehr_token):
-    lock, in_flight, most = threading.Lock(), [0], [0]
-
-    def slow(body):
-        def handler(request):
-            with lock:
-                in_flight[0] += 1
-                most[0] = max(most[0], in_flight[0])
-            time.sleep(0.2)
-            with lock:
-                in_flight[0] -= 1
-            return Response(json.dumps(body), content_type="application/fhir+json")
-        return handler
+    probe = ConcurrencyProbe()
+    slow = probe.answer
 
     server = threaded_httpserver
     server.expect_request("/out/fhir/ImagingStudy").respond_with_handler(
@@ -232,7 +220,7 @@ def test_studies_reports_and_orders_are_searched_at_once(threaded_httpserver, ja
     result, _ = search([outside(server.url_for("/out/fhir"))], jane, ehr_token, "http://ehr.invalid/fhir")
 
     assert [s.uid for s in result.studies] == ["1.1"]
-    assert most[0] == 3  # one round trip for the archive, not three
+    assert probe.most == 3  # one round trip for the archive, not three
 
 
 def test_outside_falls_back_to_explicit_chaining_when_patient_identifier_is_refused(httpserver, jane, ehr_token):
