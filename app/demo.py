@@ -17,6 +17,7 @@ from werkzeug.serving import BaseWSGIServer, make_server
 
 from . import create_app
 from .config import ROOT
+from .errors import ConfigError
 from .registration import IssuerRegistration, load_registration
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,12 @@ def build_demo(base_url: str, *, extra_archives: str | None = None,
     registration = load_registration(str(ROOT / "launch.json"))
     archives = load_archives(DEMO_ARCHIVES, substitutions={"sandbox": sandbox_url})
     if extra_archives:
-        archives = (*archives, *load_archives(extra_archives, substitutions={"sandbox": sandbox_url}))
+        extra = load_archives(extra_archives, substitutions={"sandbox": sandbox_url})
+        taken = {a.id for a in archives} & {a.id for a in extra}
+        if taken:
+            raise ConfigError(f'{extra_archives}: archive id "{sorted(taken)[0]}" is already used by the demo\'s '
+                              f'own archives ({", ".join(a.id for a in archives)}); choose another id.')
+        archives = (*archives, *extra)
     app = create_app({
         "LAUNCH_CONFIG": registration.raw,
         "EXTRA_ISSUERS": [IssuerRegistration(
@@ -92,7 +98,11 @@ def serve_demo(port: int = 0, **options: Any) -> Iterator[Demo]:
     """Serve the demo in a background thread (tests, benchmarks); port 0 picks a free port."""
     server = make_server("127.0.0.1", port, _starting, threaded=True)  # real app set once the port is known
     base_url = f"http://127.0.0.1:{server.server_port}"
-    app, sandbox = build_demo(base_url, **options)
+    try:
+        app, sandbox = build_demo(base_url, **options)
+    except BaseException:
+        server.server_close()
+        raise
     server.app = DispatcherMiddleware(app, {"/sandbox": sandbox})
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="demo-server",
                               daemon=True)
@@ -109,7 +119,11 @@ def run_demo(port: int, extra_archives: str | None = None) -> None:
     """Serve the demo in the foreground until interrupted."""
     server = make_server("127.0.0.1", port, _starting, threaded=True)  # real app set once the port is known
     base_url = f"http://127.0.0.1:{server.server_port}"
-    app, sandbox = build_demo(base_url, extra_archives=extra_archives)
+    try:
+        app, sandbox = build_demo(base_url, extra_archives=extra_archives)
+    except BaseException:
+        server.server_close()
+        raise
     server.app = DispatcherMiddleware(app, {"/sandbox": sandbox})
     log.warning("Imaging Timeline demo: open the sandbox chart at %s/sandbox/ (Ctrl-C to stop)", base_url)
     try:

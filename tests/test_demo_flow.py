@@ -318,3 +318,26 @@ def test_a_stream_for_another_patients_window_is_refused_as_an_event(demo):
     resp = browser.get(f"{demo.base_url}/api/studies/stream", params={"patient": "pat-ben"}, timeout=10)
     (name, data), = events(resp.text)
     assert (name, data["status"]) == ("fatal", 409)
+
+
+def test_extra_archives_join_the_demo(tmp_path):
+    extra = tmp_path / "extra.toml"
+    extra.write_text('[[archive]]\nid = "mine"\nname = "My PACS"\nkind = "dicomweb"\n'
+                     'base_url = "{sandbox}/dicomweb"\nidentifier_system = "urn:oid:2.999.7418.1.1"\n'
+                     'issuer_of_patient_id = "SANDBOX-PACS"\nauth = { kind = "none" }\n')
+    with demo_server(tmp_path, extra_archives=str(extra)) as demo:
+        _, browser = launch(demo, "pat-amy", embedded="1")
+        mine = next(a for a in studies(demo, browser)["archives"] if a["id"] == "mine")
+    assert (mine["status"], mine["name"]) == ("ok", "My PACS")
+    assert mine["count"] > 0
+
+
+def test_extra_archives_may_not_reuse_a_demo_archive_id(tmp_path):
+    from app.errors import ConfigError
+
+    extra = tmp_path / "extra.toml"
+    extra.write_text('[[archive]]\nid = "pacs"\nname = "Mine"\nkind = "dicomweb"\nbase_url = "https://x.example"\n'
+                     'identifier_system = "urn:oid:1.2"\nauth = { kind = "none" }\n')
+    with pytest.raises(ConfigError, match='archive id "pacs" is already used by the demo'):
+        with demo_server(tmp_path, extra_archives=str(extra)):
+            pass
