@@ -671,6 +671,8 @@
           rep.append(more);
         }
       }
+    } else if (config.reportsGranted === false) {
+      // The EHR granted no DiagnosticReport access: say nothing per row (the header says why).
     } else {
       rep.append(el('span', 'tag tag-report is-none', 'No report found'));
     }

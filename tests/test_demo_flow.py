@@ -341,3 +341,15 @@ def test_extra_archives_may_not_reuse_a_demo_archive_id(tmp_path):
     with pytest.raises(ConfigError, match='archive id "pacs" is already used by the demo'):
         with demo_server(tmp_path, extra_archives=str(extra)):
             pass
+
+
+def test_without_report_access_the_timeline_says_so_and_asks_for_none(tmp_path):
+    with demo_server(tmp_path) as demo:
+        client = demo.sandbox.extensions["sandbox"].clients["imaging-timeline"]
+        client._grantable.discard("patient/DiagnosticReport.rs")  # this EHR withholds report access
+        resp, browser = launch(demo, "pat-ben", embedded="1")
+        data = studies(demo, browser)
+    assert "the EHR did not grant Imaging Timeline access to its diagnostic reports" in resp.text
+    assert '"reportsGranted": false' in resp.text
+    assert not [r for s in data["studies"] for r in s["reports"] if r["source"] == "ehr"]
+    assert next(a for a in data["archives"] if a["id"] == "ehr")["status"] == "ok"
