@@ -7,7 +7,7 @@ import secrets
 from collections.abc import Mapping
 from typing import Any
 
-from flask import Flask, g, jsonify, request
+from flask import Flask, Response, g, jsonify, request
 
 from .config import ROOT, load_settings
 from .errors import register_error_handlers
@@ -43,7 +43,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     api.init_app(app)
 
     @app.get("/health")
-    def health():
+    def health() -> Response:
         return jsonify({"status": "ok"})
 
     _security_headers(app)
@@ -70,7 +70,7 @@ def _security_headers(app: Flask) -> None:
     ancestors = " ".join(["'self'", *sorted(origins)])
 
     @app.after_request
-    def headers(resp):
+    def headers(resp: Response) -> Response:
         nonce = g.get("csp_nonce")
         style_src = f"'self' 'nonce-{nonce}'" if nonce else "'self'"
         resp.headers.setdefault(

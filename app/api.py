@@ -168,7 +168,7 @@ def _session() -> SmartSession:
 
 
 @bp.get("/context")
-def context():
+def context() -> Response:
     """The launch context the page may know (never a token)."""
     session = _session()
     ctx = session.context
@@ -182,7 +182,7 @@ def context():
 
 
 @bp.get("/studies")
-def studies():
+def studies() -> Response:
     """Every study of the launched patient across archives, merged, with per-archive statuses."""
     session = _session()
     archives = archives_for(session)
@@ -212,7 +212,7 @@ def _event(name: str, data: Any) -> str:
 
 
 @bp.get("/studies/stream")
-def stream():
+def stream() -> Response:
     """Server-sent events: each archive's studies as soon as that archive answers.
 
     SSE rather than one JSON answer: time to the first study is the fastest archive's latency,
@@ -278,7 +278,7 @@ def stream():
 
 
 @bp.get("/thumbnail/<archive_id>/<uid>")
-def thumbnail(archive_id: str, uid: str):
+def thumbnail(archive_id: str, uid: str) -> Response:
     """A representative image, fetched by the app so archive credentials never reach the browser."""
     session = _session()
     if not is_dicom_uid(uid) or not _was_shown(session, uid, archive_id):
@@ -309,7 +309,7 @@ def thumbnail(archive_id: str, uid: str):
 
 
 @bp.post("/access-log")
-def record_access():
+def record_access() -> Response:
     """Record a viewer opening: who, which patient, which study, which archive, when."""
     session = _session()
     data = request.get_json(force=True, silent=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 
 from flask import Flask, jsonify, render_template, request
+from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import HTTPException
 
 log = logging.getLogger(__name__)
@@ -192,7 +193,7 @@ def _wants_json() -> bool:
     return best == "application/json"
 
 
-def _respond(status: int, title: str, message: str, code: str):
+def _respond(status: int, title: str, message: str, code: str) -> ResponseReturnValue:
     if _wants_json():
         return jsonify({"error": code, "title": title, "message": message}), status
     return render_template("error.html", status=status, title=title, message=message, code=code), status
@@ -202,17 +203,17 @@ def register_error_handlers(app: Flask) -> None:
     """Map every AppError (and stray HTTP errors) to a readable page or JSON body."""
 
     @app.errorhandler(AppError)
-    def handle_app_error(exc: AppError):
+    def handle_app_error(exc: AppError) -> ResponseReturnValue:
         log.warning("%s %s -> %s: %s%s", request.method, request.path, exc.code, exc.message,
                     f" ({exc.log_detail})" if exc.log_detail else "")
         return _respond(exc.status, exc.title, exc.message, exc.code)
 
     @app.errorhandler(HTTPException)
-    def handle_http_error(exc: HTTPException):
+    def handle_http_error(exc: HTTPException) -> ResponseReturnValue:
         return _respond(exc.code or 500, exc.name, exc.description or exc.name, f"http-{exc.code}")
 
     @app.errorhandler(Exception)
-    def handle_unexpected(exc: Exception):
+    def handle_unexpected(exc: Exception) -> ResponseReturnValue:
         log.exception("unexpected error on %s %s", request.method, request.path)
         return _respond(500, AppError.title,
                         "The app hit an unexpected problem. Relaunch it from the chart; if this "

@@ -10,7 +10,7 @@ from typing import Any, cast
 
 from authlib.oauth2.rfc7523 import PrivateKeyJWT
 from authlib.oauth2.rfc7523.assertion import private_key_jwt_sign
-from flask import Blueprint, Flask, current_app, jsonify
+from flask import Blueprint, Flask, Response, current_app, jsonify
 from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, KeySet, KeySetSerialization, RSAKey
 
@@ -101,7 +101,7 @@ class FreshPrivateKeyJWT(PrivateKeyJWT):
         super().__init__(token_endpoint, alg=alg)
         self.key = key
 
-    def sign(self, auth, token_endpoint):
+    def sign(self, auth: Any, token_endpoint: str) -> str:
         return private_key_jwt_sign(
             self.key, client_id=auth.client_id, token_endpoint=token_endpoint, alg=self.alg,
             header={"kid": self.key.kid, "typ": "JWT"}, expires_in=ASSERTION_LIFETIME_S,
@@ -113,7 +113,7 @@ def app_keys() -> AppKeys:
 
 
 @bp.get("/.well-known/jwks.json")
-def jwks():
+def jwks() -> Response:
     resp = jsonify(app_keys().public_jwks())
     resp.headers["Cache-Control"] = "public, max-age=300"
     return resp

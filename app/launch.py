@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 import requests
 from flask import Blueprint, Flask, current_app, redirect, render_template, request, url_for
+from werkzeug.wrappers import Response as BaseResponse
 
 from .errors import AuthorizationDenied, LaunchError, StateError, TokenError
 from .fhir import is_fhir_id, read_patient
@@ -90,14 +91,14 @@ def _digest(value: str) -> str:
 
 
 @bp.get("/")
-def start():
+def start() -> str:
     """Standalone launch start page: pick a registered EHR (or type its FHIR address)."""
     issuers = [r for r in registration().issuers if r.match == "exact" and "standalone" in r.launch_types]
     return render_template("start.html", issuers=issuers)
 
 
 @bp.get("/launch")
-def launch():
+def launch() -> BaseResponse:
     iss = request.args.get("iss", "").strip()
     if not iss:
         raise LaunchError("The launch request has no `iss` (the EHR's FHIR address). Open Imaging Timeline "
@@ -160,7 +161,7 @@ def _take_pending(state: str | None) -> dict[str, Any]:
 
 
 @bp.get("/callback")
-def callback():
+def callback() -> BaseResponse:
     error = request.args.get("error")
     state = request.args.get("state")
     if error:

@@ -12,7 +12,7 @@ bp = Blueprint("timeline", __name__)
 
 
 @bp.get("/timeline")
-def timeline():
+def timeline() -> str:
     session = current_session()
     if current_app.config["PREFETCH_SEARCH"]:
         start_search(session)  # the archives work while the page loads; the stream picks the run up
