@@ -294,9 +294,11 @@ def thumbnail(archive_id: str, uid: str) -> Response:
         base = archive.resolved_base(session.iss).rstrip("/")
         # DICOM PS3.18 §10.4 (rendered): study-level rendered with a viewport is what Orthanc's
         # DICOMweb plugin 1.7 offers (it has no /thumbnail); dcm4chee and cloud stores accept it too.
-        answer = client.get(f"{base}/studies/{uid}/rendered", deadline=deadline,
-                            accept="image/jpeg, image/png;q=0.9, image/gif;q=0.5",
-                            params={"viewport": THUMBNAIL_VIEWPORT})
+        # Verified against Orthanc 1.10 + plugin 1.7: the viewport comma must not be
+        # percent-encoded ("%2C" is one argument: HTTP 400), and an Accept list with q-values is
+        # refused (400), so ask for image/jpeg alone (the rendered default media type).
+        answer = client.get(f"{base}/studies/{uid}/rendered?viewport={THUMBNAIL_VIEWPORT}", deadline=deadline,
+                            accept="image/jpeg")
         raise_for_status(answer)
     except ArchiveError as exc:
         log.info("thumbnail from %s failed: %s", archive_id, exc.code)
