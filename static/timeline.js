@@ -345,8 +345,13 @@
     chip.querySelector('.chip-name').textContent = archive.name;
     chip.querySelector('.chip-status').textContent = STATUS_TEXT[archive.status];
     const count = chip.querySelector('.chip-count');
-    count.textContent = archive.status === 'ok' && archive.count !== null && archive.count !== undefined
-      ? String(archive.count) : '';
+    // The number is shown; screen readers also hear what it counts ("6 studies", not "6").
+    if (archive.status === 'ok' && archive.count !== null && archive.count !== undefined) {
+      count.replaceChildren(String(archive.count),
+        el('span', 'visually-hidden', archive.count === 1 ? ' study' : ' studies'));
+    } else {
+      count.replaceChildren();
+    }
     count.title = archive.dropped ? `${plural(archive.dropped, 'study', 'studies')} withheld (patient details differ)` : '';
     if (archive.reason) chip.setAttribute('title', clip(archive.reason, 500));
     else chip.removeAttribute('title');

@@ -21,7 +21,12 @@ from app.http import Deadline
 from app.models import LaunchContext
 
 KEY = RSAKey.generate_key(2048, parameters={"kid": "timeline-1"}, private=True)
-SOON = Deadline.after(5)
+
+
+def soon() -> Deadline:
+    """Five seconds from now. Not a module constant: modules are imported at collection, so a
+    deadline made then would already have passed after a few seconds of earlier tests."""
+    return Deadline.after(5)
 
 
 @pytest.mark.parametrize("credentials", [
@@ -36,13 +41,13 @@ SOON = Deadline.after(5)
 ], ids=["other-host", "other-scheme", "other-port"])
 def test_credentials_refuse_any_other_origin(credentials, url):
     with pytest.raises(ArchiveAuthError, match=r"^refused to send credentials for https://pacs\.example\.org:443 to "):
-        credentials.headers_for(url, SOON)
+        credentials.headers_for(url, soon())
 
 
 def test_credentials_accept_any_path_on_their_origin():
     auth = BearerAuth("pacs", "https://pacs.example.org/dicom-web", "t")
 
-    assert auth.headers_for("https://PACS.example.org:443/other/path", SOON) == {"Authorization": "Bearer t"}
+    assert auth.headers_for("https://PACS.example.org:443/other/path", soon()) == {"Authorization": "Bearer t"}
 
 
 def dicomweb(base: str, auth: AuthConfig) -> ArchiveConfig:
@@ -107,7 +112,9 @@ def test_backend_services_assertion_follows_smart(httpserver):
                             http=requests.Session(), scope="system/ImagingStudy.rs",
                             token_url=token_url)
 
-    assert auth.headers_for(httpserver.url_for("/fhir/ImagingStudy"), SOON) == {"Authorization": "Bearer backend-token"}
+    headers = auth.headers_for(httpserver.url_for("/fhir/ImagingStudy"), soon())
+
+    assert headers == {"Authorization": "Bearer backend-token"}
 
     sent = form(httpserver.log[0][0])
     assert sent["grant_type"] == "client_credentials"
@@ -148,8 +155,8 @@ def test_an_expiring_backend_token_is_renewed_with_a_fresh_jti(httpserver):
                             http=requests.Session(), scope="system/*.rs",
                             token_url=httpserver.url_for("/auth/token"))
 
-    auth.token(SOON)
-    auth.token(SOON)
+    auth.token(soon())
+    auth.token(soon())
 
     jtis = [jwt.decode(form(r)["client_assertion"], KEY, algorithms=["RS384"]).claims["jti"] for r, _ in httpserver.log]
     assert len(jtis) == 2 and jtis[0] != jtis[1]
@@ -163,7 +170,7 @@ def test_backend_token_is_fetched_once_under_concurrency(threaded_httpserver):
                             http=requests.Session(), scope="system/*.rs",
                             token_url=threaded_httpserver.url_for("/auth/token"))
 
-    threads = [threading.Thread(target=auth.token, args=(SOON,)) for _ in range(5)]
+    threads = [threading.Thread(target=auth.token, args=(soon(),)) for _ in range(5)]
     for t in threads:
         t.start()
     for t in threads:
