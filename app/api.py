@@ -12,10 +12,10 @@ from typing import Any
 from flask import Blueprint, Flask, Response, current_app, jsonify, request, stream_with_context, url_for
 
 from . import priors
-from .archives.base import ArchiveClient, raise_for_status
+from .archives.base import ArchiveClient, LinkedOrder, LinkedReport, raise_for_status
 from .archives.config import ArchiveConfig, ViewerConfig, discover_archives
 from .errors import AppError, ArchiveError, FhirNotFound, LaunchError
-from .federation import federation, merge_studies
+from .federation import federation, link, merge_studies
 from .http import Deadline
 from .launch import discovery
 from .models import ArchiveStatus, Study
@@ -154,7 +154,7 @@ def start_search(session: SmartSession) -> None:
     token = _FixedToken(session.access_token() if needs_ehr_token else "")
     patient, ctx, sid = session.patient, session.context, session.id
     current_app.extensions["prefetch"].start(
-        _run_key(session), lambda: fed.iter_search(patient, ctx, token, session_id=sid, extra_archives=extra))
+        _run_key(session), lambda: fed.iter_outcomes(patient, ctx, token, session_id=sid, extra_archives=extra))
 
 
 # --- routes --------------------------------------------------------------------------------------
@@ -235,17 +235,20 @@ def stream() -> Response:
         yield ": " + " " * 2048 + "\n\n"  # flush proxies' buffers so the first event is not held
         merged: dict[str, Study] = {}
         parts: dict[str, list[Study]] = {}  # each archive's version of a study
+        reports: list[LinkedReport] = []
+        orders: list[LinkedOrder] = []
         rank = {aid: n for n, aid in enumerate(archives)}
         statuses = []
         current_uid: str | None = None
         try:
             run = current_app.extensions["prefetch"].take(_run_key(session))
-            source = run.feed() if run is not None else federation().iter_search(
+            source = run.feed() if run is not None else federation().iter_outcomes(
                 session.patient, session.context, session, session_id=session.id, extra_archives=extra)
-            for status, found in source:
+            for outcome in source:
+                status, found = outcome.status, outcome.studies
                 statuses.append(status)
-                # Only the studies this archive brought change (merged by uid), plus the current
-                # study's marker if it moved: the work per event is O(new studies), not O(all).
+                reports += outcome.reports
+                orders += outcome.orders
                 changed = {study.uid for study in found}
                 for study in found:
                     # Merge in configuration order (the EHR's fields first), whatever the arrival order.
@@ -253,6 +256,9 @@ def stream() -> Response:
                     versions.append(study)
                     versions.sort(key=lambda v: min((rank.get(src, len(rank)) for src in v.sources), default=0))
                     merged[study.uid] = merge_studies(versions)[0]
+                # Link across archives: a report or order from this archive may belong to a study
+                # another archive brought earlier (e.g. by accession number), and vice versa.
+                changed |= link(merged.values(), reports, orders)
                 current = priors.current_study(merged.values(), session.context)
                 if current is not None and current.uid != current_uid:
                     changed |= {current.uid, *([current_uid] if current_uid else [])}

@@ -62,7 +62,9 @@ class FederationResult:
 
 
 @dataclass
-class _Outcome:
+class ArchiveOutcome:
+    """One archive's answer: its status, its guarded studies, and the reports and orders it holds."""
+
     status: ArchiveStatus
     studies: list[Study] = field(default_factory=list)
     reports: list[LinkedReport] = field(default_factory=list)
@@ -114,19 +116,37 @@ def merge_studies(studies: Iterable[Study]) -> list[Study]:
     return newest_first(merged.values())
 
 
-def link(studies: Iterable[Study], reports: Iterable[LinkedReport], orders: Iterable[LinkedOrder]) -> None:
-    """Attach reports (by imagingStudy reference or accession) and orders (by basedOn or accession)."""
-    studies = list(studies)
+def link(studies: Iterable[Study], reports: Iterable[LinkedReport], orders: Iterable[LinkedOrder]) -> set[str]:
+    """Attach reports (by imagingStudy reference or accession) and orders (by basedOn or accession).
+
+    Idempotent and indexed (a report finds its studies by UID and accession, not by a scan), so it
+    can run again whenever more archives have answered; returns the UIDs of studies that gained one.
+    """
+    by_uid: dict[str, Study] = {}
+    by_accession: dict[str, list[Study]] = {}
+    for study in studies:
+        by_uid[study.uid] = study
+        if study.accession:
+            by_accession.setdefault(study.accession, []).append(study)
+    changed: set[str] = set()
+
+    def targets(uids: Iterable[str], accession: str | None) -> list[Study]:
+        found = [by_uid[u] for u in uids if u in by_uid]
+        return found + [s for s in by_accession.get(accession or "", []) if all(s is not f for f in found)]
+
     for linked_report in reports:
-        for study in studies:
-            if study.uid in linked_report.study_uids or (
-                    linked_report.accession and linked_report.accession == study.accession):
-                _union(study.reports, [linked_report.report], key=lambda r: (r.source, r.id))
+        for study in targets(linked_report.study_uids, linked_report.accession):
+            before = len(study.reports)
+            _union(study.reports, [linked_report.report], key=lambda r: (r.source, r.id))
+            if len(study.reports) != before:
+                changed.add(study.uid)
     for linked_order in orders:
-        for study in studies:
-            accession = linked_order.order.accession
-            if study.uid in linked_order.study_uids or (accession and accession == study.accession):
-                _union(study.orders, [linked_order.order], key=lambda o: (o.source, o.id))
+        for study in targets(linked_order.study_uids, linked_order.order.accession):
+            before = len(study.orders)
+            _union(study.orders, [linked_order.order], key=lambda o: (o.source, o.id))
+            if len(study.orders) != before:
+                changed.add(study.uid)
+    return changed
 
 
 # --- the federation ------------------------------------------------------------------------------
@@ -145,7 +165,7 @@ class Federation:
         self.auth = AuthFactory(self.http, private_key=private_key, env=env)
         self.deadline_s, self.cache_ttl_s, self.max_bytes = deadline_s, cache_ttl_s, max_bytes
         self.clock, self.max_workers, self.adapter_factory = clock, max_workers, adapter_factory
-        self._cache: dict[tuple[str, str, str], tuple[float, _Outcome]] = {}
+        self._cache: dict[tuple[str, str, str], tuple[float, ArchiveOutcome]] = {}
         self._cache_lock = threading.Lock()
 
     def search(self, patient: PatientSummary, ctx: LaunchContext, ehr_token_provider: EhrTokenProvider, *,
@@ -179,10 +199,21 @@ class Federation:
                 link(studies, reports, orders)
                 yield outcome.status, studies
 
+    def iter_outcomes(self, patient: PatientSummary, ctx: LaunchContext, ehr_token_provider: EhrTokenProvider, *,
+                      session_id: str | None = None, extra_archives: Sequence[ArchiveConfig] = ()
+                      ) -> Iterator[ArchiveOutcome]:
+        """Each archive's whole answer (status, guarded studies, reports, orders) as it completes.
+
+        For a caller that merges and links across archives itself (the event stream), so that a
+        report from one archive reaches a study that another archive brought earlier.
+        """
+        with closing(self._outcomes(patient, ctx, ehr_token_provider, session_id, extra_archives)) as outcomes:
+            yield from outcomes
+
     # --- internals ------------------------------------------------------------------------------
 
     def _outcomes(self, patient: PatientSummary, ctx: LaunchContext, provider: EhrTokenProvider,
-                  session_id: str | None, extra: Sequence[ArchiveConfig]) -> Generator[_Outcome, None, None]:
+                  session_id: str | None, extra: Sequence[ArchiveConfig]) -> Generator[ArchiveOutcome, None, None]:
         every = [*self.archives, *extra]
         todo = []
         for archive in every:
@@ -200,7 +231,7 @@ class Federation:
         pool = ThreadPoolExecutor(max_workers=max(1, min(self.max_workers, len(todo))),
                                   thread_name_prefix="archive")
         started = time.monotonic()
-        futures: dict[Future[_Outcome], tuple[ArchiveConfig, Deadline]] = {}
+        futures: dict[Future[ArchiveOutcome], tuple[ArchiveConfig, Deadline]] = {}
         try:
             for archive in todo:
                 deadline = Deadline.after(archive.timeout_s).earliest(overall)
@@ -219,26 +250,26 @@ class Federation:
                     future.cancel()
                     archive = futures[future][0]
                     log.warning("archive %s: no answer before its deadline", archive.id)
-                    yield _Outcome(_status(archive, "timeout", ms=_ms(started), error=ArchiveTimeout.code,
+                    yield ArchiveOutcome(_status(archive, "timeout", ms=_ms(started), error=ArchiveTimeout.code,
                                            reason=f"no answer within {min(archive.timeout_s, self.deadline_s):g} s"))
         finally:
             pool.shutdown(wait=False, cancel_futures=True)
 
-    def _collect(self, future: Future[_Outcome], archive: ArchiveConfig, started: float) -> _Outcome:
+    def _collect(self, future: Future[ArchiveOutcome], archive: ArchiveConfig, started: float) -> ArchiveOutcome:
         try:
             return future.result()
         except Exception as exc:  # the bulkhead: one archive's bug must not break the others
             log.exception("archive %s: unexpected failure", archive.id)
-            return _Outcome(_status(archive, "error", ms=_ms(started), error="archive-error",
+            return ArchiveOutcome(_status(archive, "error", ms=_ms(started), error="archive-error",
                                     reason=f"unexpected failure ({type(exc).__name__})"))
 
     def _run(self, archive: ArchiveConfig, every: Sequence[ArchiveConfig], patient: PatientSummary,
-             ctx: LaunchContext, token: str, deadline: Deadline) -> _Outcome:
+             ctx: LaunchContext, token: str, deadline: Deadline) -> ArchiveOutcome:
         started = time.monotonic()
         try:
             ref = identity.link(patient, archive, ctx.iss)
         except ArchiveNotLinked as exc:
-            return _Outcome(_status(archive, "not-linked", reason=exc.message))
+            return ArchiveOutcome(_status(archive, "not-linked", reason=exc.message))
         try:
             credentials = self.auth.for_archive(archive, iss=ctx.iss, ehr_token=lambda: token)
             client = ArchiveClient(archive, self.http, credentials, max_bytes=self.max_bytes)
@@ -247,10 +278,10 @@ class Federation:
             kept = identity.guard(answer.candidates, ref, patient)
             adapter.complete(kept.studies, deadline)
         except ArchiveTimeout as exc:
-            return _Outcome(_status(archive, "timeout", ms=_ms(started), error=exc.code, reason=exc.message))
+            return ArchiveOutcome(_status(archive, "timeout", ms=_ms(started), error=exc.code, reason=exc.message))
         except ArchiveError as exc:
             log.info("archive %s: %s", archive.id, exc.code)
-            return _Outcome(_status(archive, "error", ms=_ms(started), error=exc.code, reason=exc.message))
+            return ArchiveOutcome(_status(archive, "error", ms=_ms(started), error=exc.code, reason=exc.message))
         reports = [r for r in answer.reports if identity.verified(r.subject, ref, patient)]
         orders = [o for o in answer.orders if identity.verified(o.subject, ref, patient)]
         foreign = len(answer.reports) + len(answer.orders) - len(reports) - len(orders)
@@ -260,9 +291,9 @@ class Federation:
         link(kept.studies, reports, orders)
         status = _status(archive, "ok", count=len(kept.studies), ms=_ms(started), dropped=kept.dropped + foreign,
                          skipped=sum(answer.skipped.values()), reason=_reason(answer, kept))
-        return _Outcome(status, kept.studies, reports, orders)
+        return ArchiveOutcome(status, kept.studies, reports, orders)
 
-    def _cached(self, session_id: str | None, patient_id: str, archive_id: str) -> _Outcome | None:
+    def _cached(self, session_id: str | None, patient_id: str, archive_id: str) -> ArchiveOutcome | None:
         if session_id is None:
             return None
         with self._cache_lock:
@@ -272,7 +303,7 @@ class Federation:
                 return None
             return copy.deepcopy(hit[1])
 
-    def _remember(self, session_id: str | None, patient_id: str, outcome: _Outcome) -> None:
+    def _remember(self, session_id: str | None, patient_id: str, outcome: ArchiveOutcome) -> None:
         # Only settled answers are kept: a reload retries archives that timed out or failed.
         if session_id is None or self.cache_ttl_s <= 0 or outcome.status.status not in ("ok", "not-linked"):
             return

@@ -16,11 +16,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from .errors import AppError
-from .models import ArchiveStatus, Study
+from .federation import ArchiveOutcome
 
 log = logging.getLogger(__name__)
 
-Event = tuple[ArchiveStatus, list[Study]]
+Event = ArchiveOutcome
 
 
 @dataclass

@@ -353,3 +353,31 @@ def test_without_report_access_the_timeline_says_so_and_asks_for_none(tmp_path):
     assert '"reportsGranted": false' in resp.text
     assert not [r for s in data["studies"] for r in s["reports"] if r["source"] == "ehr"]
     assert next(a for a in data["archives"] if a["id"] == "ehr")["status"] == "ok"
+
+
+@pytest.mark.parametrize("patient", ["pat-amy", "pat-ben", "pat-elena"])
+def test_the_stream_ends_with_the_same_timeline_as_the_json_api_whatever_answers_first(tmp_path, patient):
+    # The PACS answers first and the EHR (with the reports and orders) last.
+    with demo_server(tmp_path, sandbox_options={"delays": {"ehr": 0.4, "outside": 0.2}}) as demo:
+        _, browser = launch(demo, patient, embedded="1")
+        streamed = browser.get(f"{demo.base_url}/api/studies/stream", timeout=60)
+        final = {}
+        for name, data in events(streamed.text):
+            if name == "studies":
+                final.update({s["uid"]: s for s in data["studies"]})
+        whole = {s["uid"]: s for s in studies(demo, browser)["studies"]}
+
+    def shape(view):
+        return (sorted(view["sources"]), sorted(r["id"] for r in view["reports"]),
+                sorted(o["id"] for o in view["orders"]), view["current"])
+
+    assert {uid: shape(v) for uid, v in final.items()} == {uid: shape(v) for uid, v in whole.items()}
+
+
+def test_an_ehr_report_without_an_imaging_study_links_to_the_pacs_study_by_accession(demo):
+    _, browser = launch(demo, "pat-amy", embedded="1")
+    pacs_only = [s for s in studies(demo, browser)["studies"] if s["sources"] == ["pacs"]]
+    assert pacs_only, "Amy has a study whose images only the PACS holds"
+    (report,) = pacs_only[0]["reports"]
+    assert (report["source"], report["status"]) == ("ehr", "final")
+    assert pacs_only[0]["orders"][0]["source"] == "ehr"

@@ -16,7 +16,7 @@ from app import federation as federation_module
 from app.archives.base import ArchiveAnswer, Candidate, LinkedReport, Subject
 from app.archives.config import ArchiveConfig, AuthConfig
 from app.errors import ArchiveUnavailable, ConfigError
-from app.federation import Federation, merge_studies
+from app.federation import Federation, link, merge_studies
 from app.models import Identifier, LaunchContext, Report, Study
 
 CTX = LaunchContext(iss="https://ehr.example.org/fhir", patient_id="pat-1", granted_scopes=frozenset())
@@ -312,3 +312,24 @@ def test_streaming_can_stop_early_without_waiting_for_slow_archives(jane, ehr_to
     stream.close()
 
     assert time.monotonic() - started < 0.5
+
+
+def test_link_attaches_a_report_by_accession_to_a_study_from_another_archive_and_says_which():
+    pacs_only = study("9.9", "2024-05-01", accession="ACC-9", sources=["pacs"])
+    other = study("8.8", "2024-04-01", accession="ACC-8", sources=["pacs"])
+    report = LinkedReport(report=Report(id="dr-9", status="final", source="ehr"), subject=Subject(),
+                          accession="ACC-9")
+
+    assert link([pacs_only, other], [report], []) == {"9.9"}
+    assert [r.id for r in pacs_only.reports] == ["dr-9"]
+    assert other.reports == []
+
+
+def test_link_is_idempotent():
+    target = study("9.9", "2024-05-01", accession="ACC-9")
+    report = LinkedReport(report=Report(id="dr-9", status="final", source="ehr"), subject=Subject(),
+                          study_uids={"9.9"})
+    link([target], [report], [])
+
+    assert link([target], [report], []) == set()
+    assert len(target.reports) == 1

@@ -7,6 +7,7 @@ import threading
 import pytest
 
 from app.errors import AppError, SessionExpired
+from app.federation import ArchiveOutcome
 from app.models import ArchiveStatus
 from app.prefetch import Prefetcher
 
@@ -19,15 +20,15 @@ def test_a_run_replays_earlier_events_then_waits_for_later_ones():
     gate = threading.Event()
 
     def search():
-        yield status("ehr"), []
+        yield ArchiveOutcome(status("ehr"))
         gate.wait(5)
-        yield status("pacs"), []
+        yield ArchiveOutcome(status("pacs"))
 
     run = Prefetcher().start("s:p", search)
     feed = run.feed()
-    assert next(feed)[0].id == "ehr"
+    assert next(feed).status.id == "ehr"
     gate.set()
-    assert [event[0].id for event in feed] == ["pacs"]
+    assert [event.status.id for event in feed] == ["pacs"]
 
 
 def test_a_run_is_taken_once():
@@ -47,12 +48,12 @@ def test_an_expired_run_is_not_handed_out():
 
 def test_a_failed_search_reaches_the_reader_as_its_error():
     def search():
-        yield status("ehr"), []
+        yield ArchiveOutcome(status("ehr"))
         raise SessionExpired("Relaunch from the chart.")
 
     run = Prefetcher().start("s:p", search)
     feed = run.feed()
-    assert next(feed)[0].id == "ehr"
+    assert next(feed).status.id == "ehr"
     with pytest.raises(SessionExpired, match="Relaunch from the chart"):
         next(feed)
 

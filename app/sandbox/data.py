@@ -62,7 +62,9 @@ FOREIGN_PACS_ADDRESS = "https://pacs.unknown-host.example/dicomweb"
 PRACTITIONER_ID = "sandbox-dr-radiant"
 UID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:imaging-timeline:sandbox")
 
-Location = str  # "ehr" (EHR FHIR), "pacs" (sandbox DICOMweb), "outside" (outside FHIR)
+# "ehr" (EHR FHIR), "pacs" (sandbox DICOMweb), "outside" (outside FHIR), "ehr-report" (the EHR has
+# the report and order but no ImagingStudy: linked to the PACS study by accession number only)
+Location = str
 
 
 @dataclass(frozen=True, slots=True)
@@ -353,6 +355,7 @@ PATIENTS = (
 EHR_PACS = frozenset({"ehr", "pacs"})
 EHR_ONLY = frozenset({"ehr"})
 PACS_ONLY = frozenset({"pacs"})
+PACS_WITH_EHR_REPORT = frozenset({"pacs", "ehr-report"})
 OUTSIDE_SHARED = frozenset({"outside", "pacs"})
 OUTSIDE_ONLY = frozenset({"outside"})
 EVERYWHERE = frozenset({"outside", "ehr", "pacs"})
@@ -368,8 +371,9 @@ _PLAN: tuple[tuple, ...] = (
     ("amy-us-abd", "pat-amy", 1100, "us-abd", "US ABDOMEN COMPLETE", "Right upper quadrant pain", EHR_ONLY,
      ("final", "A", "Cholelithiasis without sonographic evidence of cholecystitis.", "gallstones"),
      ("routine", "completed")),
-    ("amy-ct-abdpel", "pat-amy", 760, "ct-abdpel", "CT ABD/PELVIS W CONTRAST", "Abdominal pain", PACS_ONLY,
-     None, None),
+    ("amy-ct-abdpel", "pat-amy", 760, "ct-abdpel", "CT ABD/PELVIS W CONTRAST", "Abdominal pain",
+     PACS_WITH_EHR_REPORT, ("final", "N", "No acute abdominal or pelvic abnormality. Cholelithiasis again noted.",
+                            None), ("routine", "completed")),
     ("amy-mr-knee", "pat-amy", 380, "mr-knee", "MRI KNEE LEFT WO CONTRAST", "Twisting injury, instability",
      EHR_PACS, ("amended", "A", "Complete tear of the anterior cruciate ligament. Addendum: small joint "
                 "effusion.", "acl"), ("routine", "completed")),

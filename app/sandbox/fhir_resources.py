@@ -158,7 +158,7 @@ def imaging_study_resource(study: SandboxStudy, *, outside: bool) -> dict[str, A
     return res
 
 
-def report_resource(study: SandboxStudy, *, outside: bool, imaging_study_id: str) -> dict[str, Any]:
+def report_resource(study: SandboxStudy, *, outside: bool, imaging_study_id: str | None) -> dict[str, Any]:
     report = study.report
     if report is None:
         raise ValueError(f"study {study.key} has no report")
@@ -177,9 +177,10 @@ def report_resource(study: SandboxStudy, *, outside: bool, imaging_study_id: str
         "subject": {"reference": f"Patient/{subject}"},
         "effectiveDateTime": study.started.isoformat(), "issued": report.issued.isoformat(),
         "performer": [{"display": study.institution}],
-        "imagingStudy": [{"reference": f"ImagingStudy/{imaging_study_id}"}],
         "conclusion": report.conclusion, "conclusionCode": conclusion_code,
     }
+    if imaging_study_id is not None:
+        res["imagingStudy"] = [{"reference": f"ImagingStudy/{imaging_study_id}"}]
     if study.order and not outside:
         res["basedOn"] = [{"reference": f"ServiceRequest/{study.order.id}"}]
     return res
@@ -221,13 +222,18 @@ def build_ehr(data: SandboxData, *, validate: bool = True) -> ResourceIndex:
                        "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "EMER",
                                  "display": "emergency"},
                        "subject": {"reference": f"Patient/{p.id}"}}, p.id)
-    for study in data.studies_in("ehr"):
+    for study in (*data.studies_in("ehr"), *data.studies_in("ehr-report")):
         pid = study.patient_id or ""
         patient = data.patient(pid)
-        imaging = imaging_study_resource(study, outside=False)
-        index.add(imaging, pid)
+        imaging_id = None
+        if "ehr" in study.locations:
+            imaging = imaging_study_resource(study, outside=False)
+            index.add(imaging, pid)
+            imaging_id = imaging["id"]
+        # "ehr-report": like many EHRs, this one keeps the report and order but no ImagingStudy;
+        # the images are in the PACS and only the accession number ties them together.
         if study.report:
-            index.add(report_resource(study, outside=False, imaging_study_id=imaging["id"]), pid)
+            index.add(report_resource(study, outside=False, imaging_study_id=imaging_id), pid)
         if study.order:
             o = study.order
             encounter = patient.encounter_id if patient and o.priority == "stat" else None
