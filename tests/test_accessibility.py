@@ -18,14 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import need
+from tests.conftest import CHROMIUM, need
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = Path("/usr/bin/chromium")
 AXE = Path(__file__).resolve().parent.parent / ".ci" / "axe" / "node_modules" / "axe-core" / "axe.min.js"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync"]
 WCAG_21_AA = ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa"]
 TAGS = [*WCAG_21_AA, "best-practice"]
 RUN_AXE = """async tags => {
@@ -45,16 +42,6 @@ def demo():
         raise
     with serve_demo() as running:
         yield running
-
-
-@pytest.fixture(scope="module")
-def browser(demo):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-        yield chromium
-        chromium.close()
 
 
 @pytest.fixture

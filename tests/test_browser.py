@@ -19,11 +19,10 @@ from urllib.parse import unquote
 
 import pytest
 
-from tests.conftest import need
+from tests.conftest import CHROMIUM, need
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = Path("/usr/bin/chromium")
 ROOT = Path(__file__).resolve().parent.parent
 SCREENSHOTS = ROOT / "docs" / "screenshots"
 
@@ -33,8 +32,6 @@ def save_screenshot(target, name: str) -> None:
     if os.environ.get("SAVE_SCREENSHOTS") == "1":
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         target.screenshot(path=str(SCREENSHOTS / name))
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync"]
 HOSTILE = '<script>alert("x")</script>"><img src=x onerror=alert(1)>'
 RLO = "\u202e"
 LONG = "LONG DESCRIPTION " * 700  # ~12 kB
@@ -78,16 +75,6 @@ def demo():
     with serve_demo(sandbox_options={"data": data}) as running:
         running.data = data
         yield running
-
-
-@pytest.fixture(scope="module")
-def browser(demo):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-        yield chromium
-        chromium.close()
 
 
 @pytest.fixture
