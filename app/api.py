@@ -320,7 +320,11 @@ def thumbnail(archive_id: str, uid: str) -> Response:
 def record_access() -> Response:
     """Record a viewer opening: who, which patient, which study, which archive, when."""
     session = _session()
-    data = request.get_json(force=True, silent=True)
+    # JSON only: a cross-site form cannot send application/json without a CORS preflight, which
+    # this app never grants, so another site cannot write entries into a clinician's audit trail.
+    if not request.is_json:
+        raise LaunchError("An access-log entry must be sent as application/json.")
+    data = request.get_json(silent=True)
     if not isinstance(data, dict) or not isinstance(data.get("uid"), str) or not isinstance(data.get("archive"), str):
         raise LaunchError("An access-log entry needs `uid` and `archive`.")
     uid, archive_id = data["uid"][:128], data["archive"][:64]

@@ -381,3 +381,12 @@ def test_an_ehr_report_without_an_imaging_study_links_to_the_pacs_study_by_acces
     (report,) = pacs_only[0]["reports"]
     assert (report["source"], report["status"]) == ("ehr", "final")
     assert pacs_only[0]["orders"][0]["source"] == "ehr"
+
+
+def test_access_log_refuses_a_cross_site_form_post(demo):
+    _, browser = launch(demo, "pat-amy", embedded="1")
+    study = next(s for s in studies(demo, browser)["studies"] if s["viewers"])
+    resp = browser.post(f"{demo.base_url}/api/access-log", data={"uid": study["uid"], "archive": "pacs"},
+                        timeout=10)
+    assert resp.status_code == 400
+    assert "application/json" in resp.json()["message"]
