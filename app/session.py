@@ -20,8 +20,9 @@ log = logging.getLogger(__name__)
 
 COOKIE = "itl_session"
 REFRESH_MARGIN_S = 60
-_refresh_locks: dict[str, threading.Lock] = {}
-_locks_guard = threading.Lock()
+# Striped locks: one refresh per session at a time, with a bounded number of lock objects
+# (a lock per session id would grow without end in a long-running process).
+_REFRESH_LOCKS = tuple(threading.Lock() for _ in range(64))
 
 
 def context_to_json(ctx: LaunchContext) -> dict[str, Any]:
@@ -103,8 +104,7 @@ class SmartSession:
 
 
 def _lock_for(sid: str) -> threading.Lock:
-    with _locks_guard:
-        return _refresh_locks.setdefault(sid, threading.Lock())
+    return _REFRESH_LOCKS[hash(sid) % len(_REFRESH_LOCKS)]
 
 
 def token_record(answer: dict[str, Any], previous: dict[str, Any] | None = None) -> dict[str, Any]:
