@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 OAUTH_URIS_EXT = "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris"
 MAX_DOC_BYTES = 1024 * 1024
+MAX_CACHED = 256  # discovery documents / JWKS kept at once
 
 
 @dataclass(frozen=True)
@@ -106,7 +107,13 @@ class Discovery:
                 return hit[1]
         config = self._discover(iss)
         with self._lock:
-            self._cache[iss] = (self.clock() + self.ttl_s, config)
+            now = self.clock()
+            # Bounded: prefix-registered issuers (the public launcher) put a new iss in every launch.
+            for stale in [k for k, (until, _) in self._cache.items() if until <= now]:
+                del self._cache[stale]
+            while len(self._cache) >= MAX_CACHED:
+                del self._cache[next(iter(self._cache))]  # the oldest entry
+            self._cache[iss] = (now + self.ttl_s, config)
         return config
 
     def _discover(self, iss: str) -> SmartConfiguration:
@@ -289,6 +296,8 @@ class IdTokenVerifier:
             raise IdTokenError(f"Could not load the EHR's signing keys from {jwks_uri} ({exc}). Tell your "
                                "administrator.") from exc
         with self._lock:
+            while len(self._cache) >= MAX_CACHED:
+                del self._cache[next(iter(self._cache))]
             self._cache[jwks_uri] = (self.clock() + self.ttl_s, keyset)
         return keyset
 

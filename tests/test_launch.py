@@ -449,3 +449,23 @@ def test_the_pending_launch_survives_a_frame_that_dropped_the_cookie(app_url, eh
     resp = cookieless.get(f"{app_url}/callback", params={"code": "code-x", "state": state}, timeout=10)
     assert resp.status_code == 200
     assert resp.url == f"{app_url}/timeline"
+
+
+def test_the_discovery_cache_is_bounded_and_expires(httpserver):
+    from app.smart import MAX_CACHED, Discovery
+
+    httpserver.expect_request("/fhir/.well-known/smart-configuration").respond_with_json(
+        {"authorization_endpoint": httpserver.url_for("/a"), "token_endpoint": httpserver.url_for("/t")})
+    now = [0.0]
+    discovery = Discovery(requests.Session(), ttl_s=10, clock=lambda: now[0])
+    iss = httpserver.url_for("/fhir")
+    discovery(iss)
+    discovery(iss)
+    assert len(httpserver.log) == 1  # cached
+    now[0] = 11
+    discovery(iss)
+    assert len(httpserver.log) == 2  # expired, fetched again
+    for n in range(MAX_CACHED + 5):
+        discovery._cache[f"https://ehr{n}.example/fhir"] = (1e9, discovery._cache[iss][1])
+    discovery(iss + "/")  # another iss string: a fetch and an insert
+    assert len(discovery._cache) <= MAX_CACHED
