@@ -62,6 +62,9 @@ def initial_statuses(session: SmartSession) -> list[ArchiveStatus]:
             link(session.patient, archive, session.iss)
             statuses.append(ArchiveStatus(archive.id, archive.name, "searching", source=archive.source))
         except ArchiveNotLinked as exc:
+            if archive.pixm_url:  # the cross-reference manager may still know an identifier
+                statuses.append(ArchiveStatus(archive.id, archive.name, "searching", source=archive.source))
+                continue
             statuses.append(ArchiveStatus(archive.id, archive.name, "not-linked", reason=exc.message,
                                           source=archive.source))
     return statuses

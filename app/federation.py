@@ -21,7 +21,7 @@ from typing import Any
 import requests
 from flask import Flask, current_app
 
-from . import identity
+from . import identity, pixm
 from .archives.auth import AuthFactory, EhrTokenProvider, SigningKey
 from .archives.base import Archive, ArchiveAnswer, ArchiveClient, LinkedOrder, LinkedReport
 from .archives.config import ArchiveConfig, load_archives
@@ -266,10 +266,28 @@ class Federation:
     def _run(self, archive: ArchiveConfig, every: Sequence[ArchiveConfig], patient: PatientSummary,
              ctx: LaunchContext, token: str, deadline: Deadline) -> ArchiveOutcome:
         started = time.monotonic()
+        via_pixm = False
         try:
             ref = identity.link(patient, archive, ctx.iss)
         except ArchiveNotLinked as exc:
-            return ArchiveOutcome(_status(archive, "not-linked", reason=exc.message))
+            if not archive.pixm_url or not archive.identifier_system:
+                return ArchiveOutcome(_status(archive, "not-linked", reason=exc.message))
+            try:
+                found = pixm.cross_reference(self.http, archive.pixm_url, patient, archive.identifier_system,
+                                             deadline=deadline, timeout=archive.timeout_s)
+            except ArchiveNotLinked as ambiguous:
+                return ArchiveOutcome(_status(archive, "not-linked", reason=ambiguous.message))
+            except ArchiveTimeout as failed:
+                return ArchiveOutcome(_status(archive, "timeout", ms=_ms(started), error=failed.code,
+                                              reason=failed.message))
+            except ArchiveError as failed:
+                return ArchiveOutcome(_status(archive, "error", ms=_ms(started), error=failed.code,
+                                              reason=failed.message))
+            if found is None:
+                return ArchiveOutcome(_status(archive, "not-linked", reason=exc.message.removesuffix(")")
+                                              + "; the PIXm manager has no cross-reference)"))
+            ref = identity.ref_for(archive, found, ctx.iss)
+            via_pixm = True
         try:
             credentials = self.auth.for_archive(archive, iss=ctx.iss, ehr_token=lambda: token)
             client = ArchiveClient(archive, self.http, credentials, max_bytes=self.max_bytes)
@@ -289,8 +307,13 @@ class Federation:
             log.warning("archive %s: wrong-patient guard withheld %d reports/orders", archive.id, foreign)
         _resolve_links(kept.studies, answer, reports, orders)
         link(kept.studies, reports, orders)
+        reason = _reason(answer, kept)
+        if via_pixm:
+            for study in kept.studies:
+                _union(study.badges, [identity.VIA_PIXM])
+            reason = "; ".join(filter(None, ["linked through the PIXm cross-reference manager", reason]))
         status = _status(archive, "ok", count=len(kept.studies), ms=_ms(started), dropped=kept.dropped + foreign,
-                         skipped=sum(answer.skipped.values()), reason=_reason(answer, kept))
+                         skipped=sum(answer.skipped.values()), reason=reason)
         return ArchiveOutcome(status, kept.studies, reports, orders)
 
     def _cached(self, session_id: str | None, patient_id: str, archive_id: str) -> ArchiveOutcome | None:

@@ -36,6 +36,13 @@ from .models import Identifier, PatientSummary, Study
 log = logging.getLogger(__name__)
 
 NAME_DIFFERS = "identity: name differs"
+VIA_PIXM = "identity: linked via PIXm"
+
+
+def ref_for(archive: ArchiveConfig, identifier: Identifier, iss: str) -> PatientRef:
+    """Whom to ask `archive` for, given the patient's identifier in its domain (e.g. from PIXm)."""
+    return PatientRef(archive.id, archive.resolved_base(iss), identifier=identifier,
+                      issuer=archive.issuer_of_patient_id)
 
 
 def link(patient: PatientSummary, archive: ArchiveConfig, iss: str) -> PatientRef:

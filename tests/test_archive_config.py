@@ -202,3 +202,9 @@ def test_a_viewer_template_with_an_unknown_placeholder_fails_at_start():
                         'kind = "url"\nurl = "https://viewer.example.org/?s={study}"')
     with pytest.raises(ConfigError, match=r'archive "pacs-east": viewer\.url uses \{study\}, which is not a viewer'):
         load_archives(text)
+
+
+def test_a_pixm_url_must_be_an_http_url():
+    text = PACS.replace('max_results = 200', 'max_results = 200\npixm_url = "ftp://pix.example.org"')
+    with pytest.raises(ConfigError, match=r'archive "pacs-east": "pixm_url" must be an http\(s\) URL'):
+        load_archives(text)

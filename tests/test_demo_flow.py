@@ -135,7 +135,8 @@ def test_patient_without_an_outside_identifier_is_not_linked_there(demo):
     _, browser = launch(demo, "pat-carla", embedded="1")
     outside = next(a for a in studies(demo, browser)["archives"] if a["id"] == "outside")
     assert outside["status"] == "not-linked"
-    assert outside["reason"] == "not linked (no identifier in domain urn:oid:2.999.7418.2.1)"
+    assert outside["reason"] == ("not linked (no identifier in domain urn:oid:2.999.7418.2.1; "
+                                 "the PIXm manager has no cross-reference)")
 
 
 def test_birth_date_conflict_withholds_the_study(demo):
@@ -149,7 +150,8 @@ def test_birth_date_conflict_withholds_the_study(demo):
 def test_no_study_of_another_patient_is_ever_returned(demo, patient):
     _, browser = launch(demo, patient, embedded="1")
     data = studies(demo, browser)
-    mine = {i["value"] for i in data["patient"]["identifiers"]} | {data["patient"]["id"]}
+    truth = demo.sandbox.extensions["sandbox"].data.patient(patient)  # incl. what only PIXm knows
+    mine = {i["value"] for i in data["patient"]["identifiers"]} | {data["patient"]["id"], truth.outside_mrn}
     for study in data["studies"]:
         assert set(v["value"] for v in study["matched_ids"].values()) <= mine
 
@@ -390,3 +392,17 @@ def test_access_log_refuses_a_cross_site_form_post(demo):
                         timeout=10)
     assert resp.status_code == 400
     assert "application/json" in resp.json()["message"]
+
+
+def test_an_identity_the_ehr_lacks_is_linked_through_the_pixm_manager(demo):
+    resp, browser = launch(demo, "pat-dev", embedded="1")
+    data = studies(demo, browser)
+    assert "urn:oid:2.999.7418.2.1" not in {i["system"] for i in data["patient"]["identifiers"]}
+    outside = next(a for a in data["archives"] if a["id"] == "outside")
+    assert outside["status"] == "ok"
+    assert outside["reason"].startswith("linked through the PIXm cross-reference manager")
+    assert 'data-archive-id="outside"' in resp.text
+    for study in data["studies"]:
+        if "outside" in study["sources"]:
+            assert "identity: linked via PIXm" in study["badges"]
+            assert study["matched_ids"]["outside"]["value"] == "RRH-550104"

@@ -64,6 +64,9 @@ class ArchiveConfig:
     viewer: ViewerConfig | None = None
     max_results: int = 500
     source: Literal["config", "discovered"] = "config"
+    # IHE PIXm manager (FHIR base) asked for the patient's identifier in `identifier_system` when
+    # the EHR's Patient carries none; None: such a patient is simply "not linked".
+    pixm_url: str | None = None
 
     @property
     def is_ehr(self) -> bool:
@@ -75,7 +78,7 @@ class ArchiveConfig:
 
 
 ARCHIVE_KEYS = {"id", "name", "kind", "base_url", "auth", "timeout_s", "identifier_system",
-                "issuer_of_patient_id", "viewer", "max_results"}
+                "issuer_of_patient_id", "viewer", "max_results", "pixm_url"}
 AUTH_KEYS = {"kind", "username", "password_env", "token_env", "client_id", "token_url", "scope"}
 VIEWER_KEYS = {"kind", "url"}
 AUTH_NEEDS = {"basic": ("username", "password_env"), "bearer": ("token_env",), "smart-backend": ("client_id",)}
@@ -195,6 +198,9 @@ def _archive(table: Any, label: str, subs: Mapping[str, str], n: int) -> Archive
     issuer = check.string(table, "issuer_of_patient_id")
     if issuer is not None and kind != "dicomweb":
         raise check.fail('"issuer_of_patient_id" is only valid for kind "dicomweb"')
+    pixm_url = _substitute(check.string(table, "pixm_url"), subs, check, "pixm_url")
+    if pixm_url is not None:
+        check.url(pixm_url, "pixm_url")
     return ArchiveConfig(
         id=archive_id,
         name=check.string(table, "name", required=True) or archive_id,
@@ -206,6 +212,7 @@ def _archive(table: Any, label: str, subs: Mapping[str, str], n: int) -> Archive
         issuer_of_patient_id=issuer,
         viewer=_viewer(table.get("viewer"), check, subs),
         max_results=int(_number(table, "max_results", check, default=500, low=1, high=10_000, integer=True)),
+        pixm_url=pixm_url.rstrip("/") if pixm_url else None,
     )
 
 

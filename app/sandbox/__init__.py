@@ -8,7 +8,8 @@ Mount it at ``/sandbox`` next to the app::
 Routes (under the mount prefix): ``/`` chart, ``/launch``, ``/patients``, ``/smart-style.json``,
 ``/auth/authorize|token|jwks``, ``/fhir/...`` (EHR), ``/outside/fhir/...`` (outside facility,
 backend-services tokens only), ``/dicomweb/...`` (QIDO-RS, WADO-RS, rendered, thumbnail),
-``/viewer/ohif/viewer?StudyInstanceUIDs=...`` (a stand-in for OHIF v3).
+``/viewer/ohif/viewer?StudyInstanceUIDs=...`` (a stand-in for OHIF v3), ``/pixm/Patient/$ihe-pix``
+(an IHE PIXm cross-reference manager).
 
 Latency and faults can be changed on a running sandbox, per archive id ("ehr", "outside",
 "dicomweb", "auth")::
@@ -33,7 +34,7 @@ from flask import Flask
 from joserfc.jwk import RSAKey
 
 from ..config import ROOT
-from . import chart, dicomweb, fhir_api, oauth, viewer
+from . import chart, dicomweb, fhir_api, oauth, pixm, viewer
 from .config import SandboxClient, SandboxConfig, supported_scopes
 from .data import SandboxData, standard_data
 from .fhir_resources import build_ehr, build_outside
@@ -69,4 +70,5 @@ def create_sandbox_app(config: SandboxConfig, *, http: requests.Session | None =
     app.register_blueprint(fhir_api.make_blueprint("outside", lambda: rt.outside))
     app.register_blueprint(dicomweb.bp)
     app.register_blueprint(viewer.bp)
+    app.register_blueprint(pixm.bp)
     return app

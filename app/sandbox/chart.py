@@ -62,7 +62,7 @@ def patients():
     rows = []
     for p in runtime().data.patients:
         identifiers = [{"system": MRN_SYSTEM, "value": p.mrn}]
-        if p.outside_mrn:
+        if p.outside_mrn and p.outside_mrn_in_ehr:  # as the EHR's Patient lists them
             identifiers.append({"system": OUTSIDE_SYSTEM, "value": p.outside_mrn})
         rows.append({"id": p.id, "name": p.name, "birthDate": p.birth_date.isoformat(), "gender": p.gender,
                      "identifiers": identifiers, "launch_url": url_for("chart.launch", patient=p.id, _external=True)})

@@ -111,6 +111,9 @@ class SandboxPatient:
     outside_family: str | None = None  # spelling in the outside record, when it differs
     outside_given: tuple[str, ...] | None = None
     encounter_id: str | None = None  # a current encounter, for EHR launches
+    # Whether the EHR's Patient lists the outside MRN; when not, only the sandbox PIXm manager
+    # knows the cross-reference (identity not reconciled in the EHR itself).
+    outside_mrn_in_ehr: bool = True
 
     @property
     def name(self) -> str:
@@ -347,7 +350,7 @@ PATIENTS = (
                    encounter_id="enc-ben-ed"),
     SandboxPatient("pat-carla", "Jiménez", ("Carla",), date(1975, 5, 3), "female", "SB100003"),
     SandboxPatient("pat-dev", "Patel", ("Devendra",), date(1949, 11, 30), "male", "SB100004",
-                   outside_mrn="RRH-550104", outside_id="rrh-9004"),
+                   outside_mrn="RRH-550104", outside_id="rrh-9004", outside_mrn_in_ehr=False),
     SandboxPatient("pat-elena", "Novak", ("Elena",), date(1958, 7, 22), "female", "SB100005",
                    outside_mrn="RRH-550105", outside_id="rrh-9005"),
 )

@@ -104,7 +104,7 @@ def patient_resource(p: SandboxPatient, outside: bool = False) -> dict[str, Any]
         identifiers = [_identifier(OUTSIDE_SYSTEM, p.outside_mrn or "", "MR")]
     else:
         identifiers = [_identifier(MRN_SYSTEM, p.mrn, "MR")]
-        if p.outside_mrn:
+        if p.outside_mrn and p.outside_mrn_in_ehr:
             ident = _identifier(OUTSIDE_SYSTEM, p.outside_mrn, "MR")
             ident["assigner"] = {"display": OUTSIDE_INSTITUTION}
             identifiers.append(ident)
