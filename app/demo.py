@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import logging
-import threading
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from wsgiref.types import StartResponse, WSGIEnvironment
 
 from flask import Flask
 from werkzeug.middleware.dispatcher import DispatcherMiddleware
@@ -19,6 +17,7 @@ from . import create_app
 from .config import ROOT
 from .errors import ConfigError
 from .registration import IssuerRegistration, load_registration
+from .serving import background_server, starting
 
 log = logging.getLogger(__name__)
 
@@ -87,37 +86,19 @@ def build_demo(base_url: str, *, extra_archives: str | None = None,
     return app, sandbox
 
 
-def _starting(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-    """The server's app until the real one is built (its URLs name the port, known only once bound)."""
-    start_response("503 Service Unavailable", [("Content-Type", "text/plain"), ("Retry-After", "1")])
-    return [b"Imaging Timeline demo is starting"]
-
-
 @contextmanager
 def serve_demo(port: int = 0, **options: Any) -> Iterator[Demo]:
     """Serve the demo in a background thread (tests, benchmarks); port 0 picks a free port."""
-    server = make_server("127.0.0.1", port, _starting, threaded=True)  # real app set once the port is known
-    base_url = f"http://127.0.0.1:{server.server_port}"
-    try:
+    with background_server(port=port) as server:  # the real app is set once the port is known
+        base_url = f"http://127.0.0.1:{server.server_port}"
         app, sandbox = build_demo(base_url, **options)
-    except BaseException:
-        server.server_close()
-        raise
-    server.app = DispatcherMiddleware(app, {"/sandbox": sandbox})
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="demo-server",
-                              daemon=True)
-    thread.start()
-    try:
+        server.app = DispatcherMiddleware(app, {"/sandbox": sandbox})
         yield Demo(base_url, app, sandbox, server)
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
 
 
 def run_demo(port: int, extra_archives: str | None = None) -> None:
     """Serve the demo in the foreground until interrupted."""
-    server = make_server("127.0.0.1", port, _starting, threaded=True)  # real app set once the port is known
+    server = make_server("127.0.0.1", port, starting, threaded=True)  # real app set once the port is known
     base_url = f"http://127.0.0.1:{server.server_port}"
     try:
         app, sandbox = build_demo(base_url, extra_archives=extra_archives)

@@ -364,14 +364,15 @@ def notes(runs: list[Run]) -> str:
     return "\n".join([
         "Where the time goes (full-window medians):",
         f"- First study: the server yields the first `studies` event {med(lambda r: r.server_first_ms):.0f} ms "
-        f"after the stream request arrives, because the {APP_ID[fastest]} archive sends {n_fast:.0f} requests "
-        f"one after another ({DELAYS_S[fastest] * 1000:.0f} ms each) and its studies are held until the last. "
+        f"after the stream request arrives; the searches start when `/timeline` is requested, and "
+        f"{n_fast:.0f} request(s) to the {APP_ID[fastest]} archive ({DELAYS_S[fastest] * 1000:.0f} ms each) "
+        "were still to be answered when the stream came in. "
         f"The page adds {page_first:.0f} ms: {med(lambda r: r.open_to_request_ms):.0f} ms from `new EventSource` "
         f"to the request leaving, {med(lambda r: r.wire_first_ms):.1f} ms on the wire and "
         f"{med(lambda r: r.render_first_ms):.0f} ms from the event to the row (requestAnimationFrame render).",
         f"- Complete: `done` is yielded {med(lambda r: r.server_done_ms):.0f} ms after the stream request, when the "
-        f"{APP_ID[slowest]} archive has answered its {n_slow:.0f} requests one after another "
-        f"({DELAYS_S[slowest] * 1000:.0f} ms each); the page adds {med(lambda r: r.settle_ms):.0f} ms after `done`.",
+        f"{APP_ID[slowest]} archive has answered ({n_slow:.0f} of its requests, {DELAYS_S[slowest] * 1000:.0f} ms "
+        f"each, arrived after the stream opened); the page adds {med(lambda r: r.settle_ms):.0f} ms after `done`.",
     ])
 
 

@@ -26,8 +26,8 @@ import pstats
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Any
@@ -37,7 +37,6 @@ import requests
 from _common import ROOT, machine, median, p90, table, timed, write_section
 from pydicom import Dataset
 from pydicom.uid import generate_uid
-from werkzeug.serving import make_server
 
 from app.archives.base import ArchiveClient
 from app.archives.config import ArchiveConfig, AuthConfig
@@ -45,6 +44,7 @@ from app.archives.dicomweb import ACCEPT, PAGE, STUDY_FIELDS, DicomWebArchive
 from app.federation import Federation, FederationResult, merge_studies
 from app.http import Deadline
 from app.models import Identifier, LaunchContext, PatientSummary
+from app.serving import serve
 
 SYSTEM = "urn:oid:2.999.1.1"  # the bench patient's identifier domain
 ISSUER = "BENCH-PACS"  # IssuerOfPatientID every bench archive reports
@@ -157,20 +157,6 @@ class QidoArchive:
                 n = self._index.get(uid)
                 self._series[uid] = b"[]" if n is None else json.dumps(series_json(self.studies[n], n)).encode()
             return self._series[uid]
-
-
-@contextmanager
-def serve(app: QidoArchive) -> Iterator[str]:
-    """Serve `app` on a free port in a thread; yields its base URL."""
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
 
 
 def archive_config(n: int, url: str, delay_s: float) -> ArchiveConfig:
