@@ -9,7 +9,7 @@ from typing import Any
 
 from flask import Flask, Response, g, jsonify, request
 
-from .config import ROOT, load_settings
+from .config import load_settings, package_folder
 from .errors import register_error_handlers
 
 log = logging.getLogger(__name__)
@@ -19,8 +19,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     """Build the app. `config` overrides environment settings (tests, the demo)."""
     app = Flask(
         __name__,
-        template_folder=str(ROOT / "templates"),
-        static_folder=str(ROOT / "static"),
+        template_folder=str(package_folder("app.templates")),
+        static_folder=str(package_folder("app.static")),
         instance_relative_config=True,
     )
     app.config.update(load_settings(config))

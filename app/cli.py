@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     try:
         if args.command == "demo":
-            from .demo import run_demo
+            from sandbox.demo import run_demo
 
             run_demo(args.port, extra_archives=args.extra_archives)
         else:

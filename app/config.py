@@ -4,10 +4,24 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
+
+def package_folder(name: str) -> Path:
+    """Where a data folder shipped as a package (`app.templates`, `app.static`) is installed.
+
+    pyproject.toml maps the repository's top-level `templates/` and `static/` into the
+    distribution as these packages, so the installed app finds them through the import system
+    (a wheel in site-packages, or an editable install pointing at the checkout), never through
+    the checkout's path.
+    """
+    spec = find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError(f"{name} is not installed with the app; reinstall imaging-timeline.")
+    return Path(next(iter(spec.submodule_search_locations)))
+
 
 # Environment variable -> Flask config key. Secrets are never given as values here: only the
 # *paths* of files that hold them, or the names of variables that do.
@@ -22,7 +36,7 @@ ENV_KEYS = {
 }
 
 DEFAULTS: dict[str, Any] = {
-    "LAUNCH_CONFIG": str(ROOT / "launch.json"),
+    "LAUNCH_CONFIG": "launch.json",  # relative to the working directory
     "ARCHIVES_FILE": None,
     "ARCHIVES": None,  # parsed archive list may be given directly (demo, tests)
     "SESSION_STORE": None,  # None: an SQLite file in the instance folder

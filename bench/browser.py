@@ -41,7 +41,7 @@ from typing import Any
 import requests
 from _common import median, p90, table, write_section
 
-from app.demo import Demo, serve_demo
+from sandbox.demo import Demo, serve_demo
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",

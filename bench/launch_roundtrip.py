@@ -26,8 +26,8 @@ from pathlib import Path
 import requests
 from _common import WsgiTimer, machine, median, p90, table, timed, write_section
 
-from app.demo import Demo, serve_demo
 from app.keys import generate_keys
+from sandbox.demo import Demo, serve_demo
 
 BROWSER = "bench-browser/1"  # tells the browser's requests from the servers' own calls
 PATIENT = "pat-amy"

@@ -36,9 +36,9 @@ RUN_AXE = """async tags => {
 def demo():
     need("Chromium", CHROMIUM.exists(), "apt-get install chromium")
     try:
-        from app.demo import serve_demo
+        from sandbox.demo import serve_demo
     except ImportError as exc:
-        need("the demo (app.demo)", False, f"cannot import it yet ({exc})")
+        need("the demo (sandbox.demo)", False, f"cannot import it yet ({exc})")
         raise
     with serve_demo() as running:
         yield running

@@ -10,7 +10,7 @@ import pytest
 from app.archives.config import ArchiveConfig, AuthConfig, ViewerConfig, discover_archives, load_archives
 from app.errors import ConfigError
 
-DEMO = Path(__file__).resolve().parent.parent / "app" / "sandbox" / "demo_archives.toml"
+DEMO = Path(__file__).resolve().parent.parent / "sandbox" / "demo_archives.toml"
 
 PACS = '''
 [[archive]]

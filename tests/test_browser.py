@@ -40,17 +40,17 @@ LONG = "LONG DESCRIPTION " * 700  # ~12 kB
 def _demo_parts():
     try:
         from app import api  # noqa: F401  # the lead's JSON/SSE API
-        from app.demo import serve_demo
-        from app.sandbox.data import PATIENTS, DicomPatient, SandboxReport, standard_data
+        from sandbox.data import PATIENTS, DicomPatient, SandboxReport, standard_data
+        from sandbox.demo import serve_demo
     except ImportError as exc:
-        need("the demo (app.api + app.sandbox)", False, f"cannot import it yet ({exc})")
+        need("the demo (app.api + sandbox)", False, f"cannot import it yet ({exc})")
         raise
     return serve_demo, PATIENTS, DicomPatient, SandboxReport, standard_data
 
 
 def _hostile_data(PATIENTS, DicomPatient, SandboxReport, standard_data):
     """The standard data plus "pat-zed", whose EHR studies carry hostile and oversized strings."""
-    from app.sandbox.data import SandboxData, study_uid
+    from sandbox.data import SandboxData, study_uid
 
     data = standard_data()
     zed = replace(PATIENTS[0], id="pat-zed", family=f"{RLO}Zed{HOSTILE}", given=("Zoë",), mrn="SB100099",

@@ -12,8 +12,8 @@ import pytest
 import requests
 
 from app.archives.config import load_archives
-from app.demo import DEMO_ARCHIVES, Demo, serve_demo
 from app.keys import generate_keys
+from sandbox.demo import DEMO_ARCHIVES, Demo, serve_demo
 
 KEYS = generate_keys()
 

@@ -21,7 +21,7 @@ from app.models import Identifier, LaunchContext, Report, Study
 
 CTX = LaunchContext(iss="https://ehr.example.org/fhir", patient_id="pat-1", granted_scopes=frozenset())
 JANE_DICOM = Subject(identifiers=(Identifier("", "MRN-1001"),), dicom=True)
-DEMO = Path(__file__).resolve().parent.parent / "app" / "sandbox" / "demo_archives.toml"
+DEMO = Path(__file__).resolve().parent.parent / "sandbox" / "demo_archives.toml"
 
 
 def config(archive_id: str, **changes) -> ArchiveConfig:

@@ -12,8 +12,8 @@ from datetime import date
 import pytest
 import requests
 
-from app.sandbox.data import MRN_SYSTEM, PACS_ISSUER, standard_data
-from app.sandbox.dicomgen import study_files_bytes
+from sandbox.data import MRN_SYSTEM, PACS_ISSUER, standard_data
+from sandbox.dicomgen import study_files_bytes
 from tests.test_demo_flow import demo_server, launch, studies
 
 

@@ -11,8 +11,8 @@ import pydicom
 import pytest
 import requests
 
-from app.sandbox import dicomgen
-from app.sandbox.data import (
+from sandbox import dicomgen
+from sandbox.data import (
     BIRTH_DATE_CONFLICT_KEY,
     FOREIGN_PACS_ENDPOINT,
     MRN_SYSTEM,

@@ -13,7 +13,7 @@ import requests
 from PIL import Image
 from pydicom import Dataset
 
-from app.sandbox.data import OTHER_CLINIC_ISSUER, PACS_ISSUER, study_uid
+from sandbox.data import OTHER_CLINIC_ISSUER, PACS_ISSUER, study_uid
 from tests.test_sandbox_support import Sandbox, backend_token, running_sandbox
 
 

@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 
-from app.sandbox.data import FOREIGN_PACS_ADDRESS, MRN_SYSTEM, OUTSIDE_SYSTEM, study_uid
+from sandbox.data import FOREIGN_PACS_ADDRESS, MRN_SYSTEM, OUTSIDE_SYSTEM, study_uid
 from tests.test_sandbox_support import NARROW, Sandbox, backend_token, ehr_launch, running_sandbox
 
 FHIR_JSON = "application/fhir+json"

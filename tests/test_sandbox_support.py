@@ -24,7 +24,7 @@ from joserfc.jwk import ECKey, RSAKey
 from werkzeug.exceptions import NotFound
 from werkzeug.middleware.dispatcher import DispatcherMiddleware
 
-from app.sandbox import SandboxClient, SandboxConfig, create_sandbox_app
+from sandbox import SandboxClient, SandboxConfig, create_sandbox_app
 from tests.servers import serve
 
 APP = "http://app.example"

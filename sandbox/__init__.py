@@ -1,4 +1,5 @@
-"""The sandbox: a strict small SMART EHR, an outside facility and a DICOMweb archive, as one Flask app.
+"""The sandbox (not part of the production install): a strict small SMART EHR, an outside facility
+and a DICOMweb archive, as one Flask app.
 
 Mount it at ``/sandbox`` next to the app::
 
@@ -28,12 +29,12 @@ import logging
 import time
 from collections.abc import Callable
 from datetime import date
+from pathlib import Path
 
 import requests
 from flask import Flask
 from joserfc.jwk import RSAKey
 
-from ..config import ROOT
 from . import chart, dicomweb, fhir_api, oauth, pixm, viewer
 from .config import SandboxClient, SandboxConfig, supported_scopes
 from .data import SandboxData, standard_data
@@ -49,7 +50,7 @@ log = logging.getLogger(__name__)
 def create_sandbox_app(config: SandboxConfig, *, http: requests.Session | None = None,
                        clock: Callable[[], float] = time.time) -> Flask:
     """Build the sandbox app; `http` fetches clients' JWKS, `clock` drives every expiry."""
-    app = Flask(__name__, template_folder=str(ROOT / "templates"), static_folder=None)
+    app = Flask(__name__, template_folder=str(Path(__file__).parent / "templates"), static_folder=None)
     data: SandboxData = config.data or standard_data(config.today or date.today())
     supported = supported_scopes(config.smart_versions)
     rt = SandboxRuntime(

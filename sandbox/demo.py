@@ -6,24 +6,19 @@ import logging
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from flask import Flask
 from werkzeug.middleware.dispatcher import DispatcherMiddleware
 from werkzeug.serving import BaseWSGIServer, make_server
 
-from . import create_app
-from .config import ROOT
-from .errors import ConfigError
-from .registration import IssuerRegistration, load_registration
-from .serving import background_server, starting
+from app import create_app
+from app.errors import ConfigError
+from app.serving import background_server, starting
+
+from .app_config import APP_CLIENT_ID, BACKEND_CLIENT_ID, DEMO_ARCHIVES, app_registration
 
 log = logging.getLogger(__name__)
-
-DEMO_ARCHIVES = Path(__file__).parent / "sandbox" / "demo_archives.toml"
-APP_CLIENT_ID = "imaging-timeline"
-BACKEND_CLIENT_ID = "imaging-timeline-backend"
 
 
 @dataclass
@@ -48,11 +43,11 @@ def build_demo(base_url: str, *, extra_archives: str | None = None,
                sandbox_options: Mapping[str, Any] | None = None,
                app_options: Mapping[str, Any] | None = None) -> tuple[Flask, Flask]:
     """The app (registered with the sandbox EHR) and the sandbox (with the app as its client)."""
-    from .archives.config import load_archives
-    from .sandbox import SandboxClient, SandboxConfig, create_sandbox_app
+    from app.archives.config import load_archives
+
+    from . import SandboxClient, SandboxConfig, create_sandbox_app
 
     sandbox_url = f"{base_url}/sandbox"
-    registration = load_registration(str(ROOT / "launch.json"))
     archives = load_archives(DEMO_ARCHIVES, substitutions={"sandbox": sandbox_url})
     if extra_archives:
         extra = load_archives(extra_archives, substitutions={"sandbox": sandbox_url})
@@ -62,10 +57,7 @@ def build_demo(base_url: str, *, extra_archives: str | None = None,
                               f'own archives ({", ".join(a.id for a in archives)}); choose another id.')
         archives = (*archives, *extra)
     app = create_app({
-        "LAUNCH_CONFIG": registration.raw,
-        "EXTRA_ISSUERS": [IssuerRegistration(
-            iss=f"{sandbox_url}/fhir", client_id=APP_CLIENT_ID, auth_method="private_key_jwt",
-            scope=registration.scope, name="Sandbox EHR")],
+        "LAUNCH_CONFIG": app_registration(base_url, sandbox_url),
         "ARCHIVES": archives,
         "BACKEND_CLIENT_ID": BACKEND_CLIENT_ID,
         **(app_options or {}),

@@ -1,0 +1,1 @@
+"""The sandbox's Jinja templates (a data package, found through the import system)."""
