@@ -107,6 +107,14 @@ class PatientMismatch(AppError):
     code = "patient-mismatch"
 
 
+class StoreUnavailable(AppError):
+    """The session store (SQLite file, Redis) cannot be reached; nothing is lost, retry shortly."""
+
+    status = 503
+    title = "The session service is unavailable"
+    code = "store-unavailable"
+
+
 # --- FHIR and archives --------------------------------------------------------------------------
 
 
@@ -187,7 +195,7 @@ class ResponseTooLarge(AppError):
 
 
 def _wants_json() -> bool:
-    if request.path.startswith("/api/") or request.path == "/health":
+    if request.path.startswith("/api/") or request.path in ("/health", "/ready"):
         return True
     best = request.accept_mimetypes.best_match(["text/html", "application/json"])
     return best == "application/json"

@@ -299,9 +299,10 @@ def test_the_timeline_page_starts_the_search_that_its_stream_then_delivers(demo)
     assert resp.status_code == 200
     prefetch = demo.app.extensions["prefetch"]
     sid = browser.cookies["itl_session"]
-    assert f"{sid}:pat-ben" in prefetch._runs
+    run = prefetch.running(f"{sid}:pat-ben")
+    assert run is not None
     streamed = browser.get(f"{demo.base_url}/api/studies/stream", timeout=60)
-    assert f"{sid}:pat-ben" not in prefetch._runs  # taken by the stream
+    assert prefetch.running(f"{sid}:pat-ben") is run  # joined by the stream, not searched again
     rows = {s["uid"] for n, d in events(streamed.text) if n == "studies" for s in d["studies"]}
     assert rows == {s["uid"] for s in studies(demo, browser)["studies"]}
 
