@@ -251,7 +251,9 @@ def stream() -> Response:
     _no_delay(request.environ)
 
     def generate() -> Iterator[str]:
-        yield ": " + " " * 2048 + "\n\n"  # flush proxies' buffers so the first event is not held
+        # Flush proxies' buffers so the first event is not held; `retry`: if the connection drops,
+        # the browser reconnects after 1 s (HTML Living Standard, server-sent events, "retry" field).
+        yield "retry: 1000\n: " + " " * 2048 + "\n\n"
         merged: dict[str, Study] = {}
         parts: dict[str, list[Study]] = {}  # each archive's version of a study
         reports: list[LinkedReport] = []
