@@ -20,7 +20,8 @@ log = logging.getLogger(__name__)
 # One line per request, without the query string (%(U)s is the path alone: a launch's `iss` and
 # `launch`, a callback's `code` and `state` never reach the log) and without the Referer (which
 # carries the EHR's launch URL).
-ACCESS_LOG_FORMAT = '%(t)s %(h)s "%(m)s %(U)s" %(s)s %(B)s %(M)sms'
+# Behind a reverse proxy %(h)s is the proxy; the client's address is its X-Forwarded-For.
+ACCESS_LOG_FORMAT = '%(t)s %(h)s %({x-forwarded-for}i)s "%(m)s %(U)s" %(s)s %(B)s %(M)sms'
 
 # gunicorn has no setting for its `Server` response header ("gunicorn" by default); the value is
 # the module constant its Response reads for every answer. Name the product, not the server.
