@@ -181,3 +181,23 @@ def test_the_stream_tells_the_browser_to_reconnect_quickly(cluster):
     assert stream.startswith("retry: 1000\n")
 
 
+
+
+@pytest.mark.browser
+def test_chromium_reconnects_its_stream_when_the_workers_die_and_completes_the_timeline(cluster, browser):
+    cluster.runtime.delays["dicomweb"] = 3.0
+    context = browser.new_context(viewport={"width": 1000, "height": 900})
+    try:
+        page = context.new_page()
+        page.goto(f"{cluster.sandbox_url}/launch?patient=pat-ben", timeout=30000)
+        page.wait_for_selector('[data-archive-id="ehr"][data-status="ok"]', timeout=30000)
+        assert page.get_attribute('[data-archive-id="pacs"]', "data-status") == "searching"
+        for worker in _workers(cluster.a_pid):  # every worker, so the stream's one dies too
+            os.kill(worker, signal.SIGKILL)
+        cluster.runtime.delays.pop("dicomweb", None)
+        page.wait_for_selector('[data-archive-id="pacs"][data-status="ok"]', timeout=45000)
+        assert page.is_hidden("#fatal")
+        assert page.locator("[data-study-uid]").count() > 0
+    finally:
+        cluster.runtime.delays.pop("dicomweb", None)
+        context.close()
