@@ -63,6 +63,7 @@ class Result:
     errors: list[str] = field(default_factory=list)
     wall_s: float = 0.0
     rss_mib: dict[str, float] = field(default_factory=dict)
+    cpu_s: dict[str, float] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -151,6 +152,14 @@ def peak_rss_mib(pid: int) -> float:
     return 0.0
 
 
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds the process has used (/proc/PID/stat utime, stime)."""
+    import os
+
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def children(pid: int) -> list[int]:
     return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
 
@@ -200,12 +209,18 @@ def demo(workdir: Path) -> Iterator[tuple[str, str, dict[str, int]]]:
 def run(setup, name: str, clients: int, journeys: int, max_s: float) -> Result:
     with tempfile.TemporaryDirectory(prefix=f"load-{name}-") as tmp, setup(Path(tmp)) as (app_url, sandbox_url, pids):
         warm_up(app_url, sandbox_url)
+        before = {pid: cpu_s(pid) for pid in [*pids.values(), *children(pids.get("serve master", pids_any(pids)))]}
         result = drive(app_url, sandbox_url, clients, journeys, max_s)
         if "serve master" in pids:  # its workers, read now that every one has booted
             for n, worker in enumerate(children(pids["serve master"]), 1):
                 pids[f"serve worker {n}"] = worker
         result.rss_mib = {label: peak_rss_mib(pid) for label, pid in pids.items()}
+        result.cpu_s = {label: cpu_s(pid) - before.get(pid, 0.0) for label, pid in pids.items()}
     return result
+
+
+def pids_any(pids: dict[str, int]) -> int:
+    return next(iter(pids.values()))
 
 
 def row(name: str, r: Result) -> list[str]:
@@ -222,6 +237,9 @@ def main() -> int:
     parser.add_argument("--max-seconds", type=float, default=300.0)
     parser.add_argument("--write", action="store_true", help="write the figures into docs/BENCHMARKS.md")
     args = parser.parse_args()
+    import os
+
+    load_before = os.getloadavg()[0]
     results = {}
     for name, setup in (("serve, 2 workers + Redis", production), ("demo, 1 process", demo)):
         print(f"running {name}: {args.clients} clinicians x {args.journeys} journeys", file=sys.stderr)
@@ -229,13 +247,16 @@ def main() -> int:
     header = ["set-up", "journeys", "journeys/s", "p50 s", "p95 s", "p99 s", "request p99 s", "errors"]
     serve_r, demo_r = results.values()
     ratio = (len(serve_r.journeys) / serve_r.wall_s) / max(1e-9, len(demo_r.journeys) / demo_r.wall_s)
-    rss = table(["process", "peak RSS MiB"], [[f"{name}: {label}", f"{mib:.0f}"] for name, r in results.items()
-                                               for label, mib in r.rss_mib.items()])
+    rss = table(["process", "peak RSS MiB", "CPU s during the load"],
+                [[f"{name}: {label}", f"{mib:.0f}", f"{r.cpu_s.get(label, 0.0):.1f}"]
+                 for name, r in results.items() for label, mib in r.rss_mib.items()])
     errors = sorted({e for r in results.values() for e in r.errors})
     body = "\n".join([
         "## Load: concurrent clinicians (`bench/load.py`)",
         "",
-        f"`python bench/load.py --clients {args.clients} --journeys {args.journeys} --write` on {machine()}.",
+        f"`python bench/load.py --clients {args.clients} --journeys {args.journeys} --write` on {machine()}; "
+        f"1-minute load average {load_before:.1f} before and {os.getloadavg()[0]:.1f} after the run (the machine is "
+        "shared: other jobs' load counts against both set-ups alike). The load generator runs on the same 2 cores.",
         "",
         "A journey: sandbox chart launch (redirects through /launch, authorize, /callback to /timeline), then the "
         "event stream (even clinicians) or /api/studies (odd ones), one thumbnail, one viewer-link access record. "
