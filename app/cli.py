@@ -9,6 +9,16 @@ import sys
 from .errors import ConfigError
 
 
+def _at_least_one(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, not {value!r}")
+    return number
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="imaging-timeline", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -25,8 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     serve = sub.add_parser("serve", help="run the app alone under gunicorn (the production server)")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8000, help="port to bind (default 8000)")
-    serve.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
-    serve.add_argument("--threads", type=int, default=16, help="threads per worker (default 16)")
+    serve.add_argument("--workers", type=_at_least_one, default=2, help="worker processes (default 2)")
+    serve.add_argument("--threads", type=_at_least_one, default=16, help="threads per worker (default 16)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # The development server logs every request line, query strings included (patient ids,
