@@ -114,6 +114,18 @@ def fernet_key_file(path: Path) -> Path:
     return path
 
 
+def rsa_key_file(path: Path) -> Path:
+    """A PEM RSA signing key (IMAGING_TIMELINE_KEY_FILE) that several serve processes share."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                       serialization.NoEncryption()))
+    path.chmod(0o600)
+    return path
+
+
 @contextmanager
 def sandbox_process(app_url: str, workdir: Path, cli: Sequence[str] = CLI) -> Iterator[tuple[str, Path]]:
     """`imaging-timeline sandbox --config-dir`; yields (its …/sandbox URL, the config dir)."""

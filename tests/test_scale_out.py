@@ -22,18 +22,7 @@ import requests
 
 from sandbox.standalone import serve_sandbox
 from tests.conftest import need
-from tests.processes import fernet_key_file, free_port, redis_server, serve_process
-
-
-def rsa_key_file(path: Path) -> Path:
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
-
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                       serialization.NoEncryption()))
-    path.chmod(0o600)
-    return path
+from tests.processes import fernet_key_file, free_port, redis_server, rsa_key_file, serve_process
 
 
 @dataclass

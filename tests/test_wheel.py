@@ -62,3 +62,31 @@ def test_the_installed_sandbox_and_serve_render_the_start_page_an_error_page_and
         assert browser.get(f"{app_url}/static/timeline.js", timeout=30).status_code == 200
         assert browser.get(f"{app_url}/static/icons/ct.svg", timeout=30).status_code == 200
         assert browser.get(f"{app_url}/api/studies", timeout=30).json()["studies"]
+
+
+def test_the_newcomers_set_up_two_installed_serve_processes_on_one_redis_serve_one_session(installed, tmp_path):
+    """The issue's "done when": installed wheel, `imaging-timeline sandbox`, two `serve` on one Redis."""
+    import shutil
+
+    from tests.conftest import need
+    from tests.processes import fernet_key_file, redis_server, rsa_key_file
+
+    need("redis-server", shutil.which("redis-server") is not None, "apt-get install redis-server")
+    cli = [str(installed / "imaging-timeline")]
+    port_a, port_b = free_port(), free_port()
+    a, b = f"http://127.0.0.1:{port_a}", f"http://127.0.0.1:{port_b}"
+    with redis_server(tmp_path) as redis, sandbox_process(a, tmp_path, cli=cli) as (sandbox_url, config):
+        env = {"IMAGING_SESSION_STORE": redis.url,
+               "IMAGING_SESSION_KEY_FILE": str(fernet_key_file(tmp_path / "session.key")),
+               "IMAGING_TIMELINE_KEY_FILE": str(rsa_key_file(tmp_path / "signing.pem"))}
+        with serve_process(port_a, config, tmp_path, workers=1, threads=4, env=env, cli=cli), \
+                serve_process(port_b, config, tmp_path, workers=1, threads=4, env=env, cli=cli):
+            browser = requests.Session()
+            chart = browser.get(f"{sandbox_url}/", timeout=30)
+            assert chart.status_code == 200
+            launched = browser.get(f"{sandbox_url}/launch", params={"patient": "pat-ben"}, timeout=30)
+            assert launched.url == f"{a}/timeline" and launched.status_code == 200
+            for base in (a, b):
+                assert browser.get(f"{base}/timeline", timeout=30).status_code == 200
+                assert browser.get(f"{base}/api/studies", timeout=30).json()["studies"]
+            assert "event: done" in browser.get(f"{b}/api/studies/stream", timeout=60).text
