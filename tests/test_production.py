@@ -108,3 +108,39 @@ def test_serve_with_a_broken_configuration_exits_2_with_the_reason(tmp_path):
     assert done.returncode == 2
     assert done.stderr.startswith("imaging-timeline: ")
     assert "Traceback" not in done.stderr
+
+
+def test_idle_connections_neither_hold_threads_nor_stay_open(running):
+    # Connected, nothing sent (the development server held a thread for each, for ever). A client
+    # that sends half a request does hold a gthread thread: the reverse proxy's client_header_timeout
+    # is the guard for that (README, "The reverse proxy in front").
+    import socket
+
+    port = int(running.app_url.rsplit(":", 1)[1])
+    idle = [socket.create_connection(("127.0.0.1", port), timeout=30) for _ in range(60)]  # > 2 x 8 threads
+    try:
+        assert requests.get(f"{running.app_url}/health", timeout=10).status_code == 200
+        # The server hangs up on each of them (its keep-alive timeout, 5 s), instead of holding a
+        # thread per connection for ever; a socket still open after 20 s in all counts as held.
+        import time
+
+        give_up = time.monotonic() + 20
+        assert sum(_hung_up(sock, give_up) for sock in idle) == len(idle)
+    finally:
+        for sock in idle:
+            sock.close()
+
+
+def _hung_up(sock, give_up: float) -> bool:
+    """Whether the server closed this connection (after an error answer or none) before `give_up`."""
+    import time
+
+    sock.settimeout(max(0.01, give_up - time.monotonic()))
+    try:
+        while sock.recv(4096):
+            pass
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+    return True
