@@ -42,6 +42,7 @@ def test_a_store_outage_is_a_readable_503_and_service_resumes_when_it_returns(ou
     redis.stop()
     page = browser.get(f"{app_url}/timeline", timeout=30)
     assert page.status_code == 503
+    assert page.headers["Retry-After"] == "5"
     assert MESSAGE in page.text
     assert "Traceback" not in page.text
     api = browser.get(f"{app_url}/api/studies", timeout=30)
