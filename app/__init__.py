@@ -44,7 +44,21 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
 
     @app.get("/health")
     def health() -> Response:
+        """Liveness: the process answers (restart it if not)."""
         return jsonify({"status": "ok"})
+
+    @app.get("/ready")
+    def ready() -> tuple[Response, int]:
+        """Readiness: the session store answers (a load balancer sends no traffic here if not)."""
+        from .errors import StoreUnavailable
+        from .session_store import store
+
+        try:
+            store().get("ready-probe")
+        except StoreUnavailable as exc:
+            log.warning("not ready: %s", exc.log_detail)
+            return jsonify({"status": "unavailable", "reason": "session store unreachable"}), 503
+        return jsonify({"status": "ok"}), 200
 
     _security_headers(app)
     register_error_handlers(app)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -15,7 +15,7 @@ from . import priors
 from .archives.base import ArchiveClient, LinkedOrder, LinkedReport, raise_for_status
 from .archives.config import ArchiveConfig, ViewerConfig, discover_archives
 from .errors import AppError, ArchiveError, FhirNotFound, LaunchError
-from .federation import federation, link, merge_studies
+from .federation import ArchiveOutcome, federation, link, merge_studies
 from .http import Deadline
 from .launch import discovery
 from .models import ArchiveStatus, Study
@@ -149,15 +149,31 @@ def _run_key(session: SmartSession) -> str:
     return f"{session.id}:{session.patient.id}"
 
 
-def start_search(session: SmartSession) -> None:
-    """Start the federated search in the background as the timeline page is served (see prefetch.py)."""
+def _search_for(session: SmartSession, extra: tuple[ArchiveConfig, ...]) -> Callable[[], Iterator[ArchiveOutcome]]:
+    """The federated search for this session, runnable in a background thread (no request context)."""
     fed = federation()
-    extra = tuple(a for a in archives_for(session).values() if a.source == "discovered")
     needs_ehr_token = any(a.auth.kind == "ehr" for a in (*fed.archives, *extra))
     token = _FixedToken(session.access_token() if needs_ehr_token else "")
     patient, ctx, sid = session.patient, session.context, session.id
-    current_app.extensions["prefetch"].start(
-        _run_key(session), lambda: fed.iter_outcomes(patient, ctx, token, session_id=sid, extra_archives=extra))
+    return lambda: fed.iter_outcomes(patient, ctx, token, session_id=sid, extra_archives=extra)
+
+
+def _discovered(session: SmartSession) -> tuple[ArchiveConfig, ...]:
+    return tuple(a for a in archives_for(session).values() if a.source == "discovered")
+
+
+def start_search(session: SmartSession) -> None:
+    """Start the federated search as the timeline page is served, unless it already runs (see prefetch.py)."""
+    _prefetcher().begin(_run_key(session), _search_for(session, _discovered(session)))
+
+
+def search_outcomes(session: SmartSession, extra: tuple[ArchiveConfig, ...]) -> Iterator[ArchiveOutcome]:
+    """Each archive's outcome, from the one search for this session and patient (joined, never doubled)."""
+    return _prefetcher().feed(_run_key(session), _search_for(session, extra))
+
+
+def _prefetcher() -> Prefetcher:
+    return current_app.extensions["prefetch"]
 
 
 # --- routes --------------------------------------------------------------------------------------
@@ -189,8 +205,8 @@ def studies() -> Response:
     """Every study of the launched patient across archives, merged, with per-archive statuses."""
     session = _session()
     archives = archives_for(session)
-    result = federation().search(session.patient, session.context, session, session_id=session.id,
-                                 extra_archives=tuple(a for a in archives.values() if a.source == "discovered"))
+    extra = tuple(a for a in archives.values() if a.source == "discovered")
+    result = federation().merge(session.patient, search_outcomes(session, extra), extra)
     _remember_shown(session, result.studies)
     current = priors.current_study(result.studies, session.context)
     return jsonify({
@@ -235,7 +251,9 @@ def stream() -> Response:
     _no_delay(request.environ)
 
     def generate() -> Iterator[str]:
-        yield ": " + " " * 2048 + "\n\n"  # flush proxies' buffers so the first event is not held
+        # Flush proxies' buffers so the first event is not held; `retry`: if the connection drops,
+        # the browser reconnects after 1 s (HTML Living Standard, server-sent events, "retry" field).
+        yield "retry: 1000\n: " + " " * 2048 + "\n\n"
         merged: dict[str, Study] = {}
         parts: dict[str, list[Study]] = {}  # each archive's version of a study
         reports: list[LinkedReport] = []
@@ -244,10 +262,7 @@ def stream() -> Response:
         statuses = []
         current_uid: str | None = None
         try:
-            run = current_app.extensions["prefetch"].take(_run_key(session))
-            source = run.feed() if run is not None else federation().iter_outcomes(
-                session.patient, session.context, session, session_id=session.id, extra_archives=extra)
-            for outcome in source:
+            for outcome in search_outcomes(session, extra):
                 status, found = outcome.status, outcome.studies
                 statuses.append(status)
                 reports += outcome.reports
@@ -350,5 +365,5 @@ def record_access() -> Response:
 
 
 def init_app(app: Flask) -> None:
-    app.extensions["prefetch"] = Prefetcher()
+    app.extensions["prefetch"] = Prefetcher(store=app.extensions.get("session_store"))
     app.register_blueprint(bp)

@@ -9,6 +9,16 @@ import sys
 from .errors import ConfigError
 
 
+def _at_least_one(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, not {value!r}")
+    return number
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="imaging-timeline", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -16,9 +26,17 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--port", type=int, default=8000, help="port to serve on (default 8000)")
     demo.add_argument("--extra-archives", metavar="FILE",
                       help="a TOML file of [[archive]] entries to add to the demo's own (e.g. your Orthanc)")
-    serve = sub.add_parser("serve", help="run the app alone (development server; use a WSGI server in production)")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
+    sandbox = sub.add_parser("sandbox", help="run the sandbox EHR and archives alone on 127.0.0.1 (for `serve`)")
+    sandbox.add_argument("--port", type=int, required=True, help="port to serve on (0: a free one)")
+    sandbox.add_argument("--app-url", required=True, metavar="URL",
+                         help="where the app is served; the chart launches URL/launch")
+    sandbox.add_argument("--config-dir", metavar="DIR",
+                         help="first write DIR/launch.json and DIR/archives.toml for the app, then keep running")
+    serve = sub.add_parser("serve", help="run the app alone under gunicorn (the production server)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000, help="port to bind (default 8000)")
+    serve.add_argument("--workers", type=_at_least_one, default=2, help="worker processes (default 2)")
+    serve.add_argument("--threads", type=_at_least_one, default=16, help="threads per worker (default 16)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # The development server logs every request line, query strings included (patient ids,
@@ -29,10 +47,14 @@ def main(argv: list[str] | None = None) -> int:
             from sandbox.demo import run_demo
 
             run_demo(args.port, extra_archives=args.extra_archives)
-        else:
-            from . import create_app
+        elif args.command == "sandbox":
+            from sandbox.standalone import run_sandbox
 
-            create_app().run(host=args.host, port=args.port, threaded=True)
+            run_sandbox(args.port, args.app_url, config_dir=args.config_dir)
+        else:
+            from .production import serve as serve_production
+
+            return serve_production(host=args.host, port=args.port, workers=args.workers, threads=args.threads)
     except ConfigError as exc:
         sys.stderr.write(f"imaging-timeline: {exc.message}\n")
         return 2

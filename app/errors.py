@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, jsonify, render_template, request
+from flask import Flask, jsonify, make_response, render_template, request
 from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import HTTPException
 
@@ -107,6 +107,14 @@ class PatientMismatch(AppError):
     code = "patient-mismatch"
 
 
+class StoreUnavailable(AppError):
+    """The session store (SQLite file, Redis) cannot be reached; nothing is lost, retry shortly."""
+
+    status = 503
+    title = "The session service is unavailable"
+    code = "store-unavailable"
+
+
 # --- FHIR and archives --------------------------------------------------------------------------
 
 
@@ -187,7 +195,7 @@ class ResponseTooLarge(AppError):
 
 
 def _wants_json() -> bool:
-    if request.path.startswith("/api/") or request.path == "/health":
+    if request.path.startswith("/api/") or request.path in ("/health", "/ready"):
         return True
     best = request.accept_mimetypes.best_match(["text/html", "application/json"])
     return best == "application/json"
@@ -206,7 +214,10 @@ def register_error_handlers(app: Flask) -> None:
     def handle_app_error(exc: AppError) -> ResponseReturnValue:
         log.warning("%s %s -> %s: %s%s", request.method, request.path, exc.code, exc.message,
                     f" ({exc.log_detail})" if exc.log_detail else "")
-        return _respond(exc.status, exc.title, exc.message, exc.code)
+        resp = make_response(_respond(exc.status, exc.title, exc.message, exc.code))
+        if isinstance(exc, StoreUnavailable):
+            resp.headers["Retry-After"] = "5"  # RFC 9110 §10.2.3: a temporary outage, try again shortly
+        return resp
 
     @app.errorhandler(HTTPException)
     def handle_http_error(exc: HTTPException) -> ResponseReturnValue:

@@ -29,7 +29,10 @@ from .archives.dicomweb import DicomWebArchive
 from .archives.fhir import FhirArchive
 from .errors import ArchiveError, ArchiveNotLinked, ArchiveTimeout
 from .http import Deadline
+from .locks import hashed_key
 from .models import ArchiveStatus, LaunchContext, PatientSummary, Study
+from .outcome_json import outcome_parts, outcome_to_json
+from .session_store import SessionStore
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +162,7 @@ class Federation:
                  private_key: SigningKey | str | bytes | None = None, deadline_s: float = 30.0,
                  cache_ttl_s: float = 120.0, max_bytes: int = DEFAULT_MAX_BYTES, env: dict[str, str] | None = None,
                  clock: Callable[[], float] = time.monotonic, max_workers: int = 8,
-                 adapter_factory: AdapterFactory = make_archive) -> None:
+                 adapter_factory: AdapterFactory = make_archive, shared_cache: SessionStore | None = None) -> None:
         self.archives = tuple(archives)
         self.http = http or requests.Session()
         self.auth = AuthFactory(self.http, private_key=private_key, env=env)
@@ -167,14 +170,22 @@ class Federation:
         self.clock, self.max_workers, self.adapter_factory = clock, max_workers, adapter_factory
         self._cache: dict[tuple[str, str, str], tuple[float, ArchiveOutcome]] = {}
         self._cache_lock = threading.Lock()
+        # The session store, when given, holds the per-session study cache instead of this process
+        # (so a reload served by another worker or machine spares the archives too).
+        self.shared_cache = shared_cache
 
     def search(self, patient: PatientSummary, ctx: LaunchContext, ehr_token_provider: EhrTokenProvider, *,
                session_id: str | None = None, extra_archives: Sequence[ArchiveConfig] = ()) -> FederationResult:
         """Wait for every archive (or its deadline), then merge and link across archives."""
+        return self.merge(patient, self._outcomes(patient, ctx, ehr_token_provider, session_id, extra_archives),
+                          extra_archives)
+
+    def merge(self, patient: PatientSummary, found: Iterable[ArchiveOutcome],
+              extra_archives: Sequence[ArchiveConfig] = ()) -> FederationResult:
+        """Every archive's outcome merged and linked across archives (search(), and /api/studies)."""
         order = {a.id: n for n, a in enumerate([*self.archives, *extra_archives])}
         # Merge in configuration order, not arrival order, so `sources` and merged fields are stable.
-        outcomes = sorted(self._outcomes(patient, ctx, ehr_token_provider, session_id, extra_archives),
-                          key=lambda o: order.get(o.status.id, len(order)))
+        outcomes = sorted(found, key=lambda o: order.get(o.status.id, len(order)))
         studies = merge_studies(s for o in outcomes for s in o.studies)
         link(studies, [r for o in outcomes for r in o.reports], [r for o in outcomes for r in o.orders])
         statuses = [o.status for o in outcomes]
@@ -319,6 +330,9 @@ class Federation:
     def _cached(self, session_id: str | None, patient_id: str, archive_id: str) -> ArchiveOutcome | None:
         if session_id is None:
             return None
+        if self.shared_cache is not None:
+            record = self.shared_cache.get(hashed_key("studies", session_id, patient_id, archive_id))
+            return outcome_from_json(record) if record is not None else None
         with self._cache_lock:
             hit = self._cache.get((session_id, patient_id, archive_id))
             if hit is None or hit[0] <= self.clock():
@@ -329,6 +343,10 @@ class Federation:
     def _remember(self, session_id: str | None, patient_id: str, outcome: ArchiveOutcome) -> None:
         # Only settled answers are kept: a reload retries archives that timed out or failed.
         if session_id is None or self.cache_ttl_s <= 0 or outcome.status.status not in ("ok", "not-linked"):
+            return
+        if self.shared_cache is not None:
+            self.shared_cache.put(hashed_key("studies", session_id, patient_id, outcome.status.id),
+                                  outcome_to_json(outcome), self.cache_ttl_s)
             return
         with self._cache_lock:
             now = self.clock()
@@ -386,7 +404,13 @@ def init_app(app: Flask) -> None:
         deadline_s=float(app.config.get("FEDERATION_DEADLINE_S", 30.0)),
         cache_ttl_s=float(app.config.get("STUDY_CACHE_TTL_S", 120)),
         max_bytes=int(app.config.get("MAX_RESPONSE_BYTES", DEFAULT_MAX_BYTES)),
+        shared_cache=app.extensions.get("session_store"),
     )
+
+
+def outcome_from_json(data: dict[str, Any]) -> ArchiveOutcome:
+    """An ArchiveOutcome read back from the shared store (see outcome_json.py)."""
+    return ArchiveOutcome(*outcome_parts(data))
 
 
 def federation() -> Federation:

@@ -1,10 +1,14 @@
-"""Searches started when the timeline page is requested, so its event stream finds them under way.
+"""One federated search per session and patient at a time, joined by every reader, in any process.
 
-Between the page request and the browser opening the stream lie the page load and the browser's
-own start-up of the EventSource (about 100-150 ms); starting the archive searches at the page
-request puts that time to use, and the first study reaches the clinician that much sooner. A run
-lives in this process only: a stream that lands on another process (scale-out) simply searches
-afresh, and the federation's per-session cache still spares the archives.
+The timeline page starts the archive searches when it is requested, so its event stream finds
+them under way (the page load and the browser's start-up of the EventSource, 100-150 ms, are put
+to use). A reload, a second stream or /api/studies joins the search that is running instead of
+starting another: in this process by reading the run's events, in another process (a second
+worker, another machine behind the load balancer) by reading the run's progress from the shared
+session store. The run's owner holds a short lease (a store lock it renews); if the owner dies
+mid-search, a reader takes the lease over and finishes the search itself (the per-session study
+cache spares the archives that had already answered). A finished run is replayed for a few
+seconds, then a new request searches afresh (retrying archives that failed).
 """
 
 from __future__ import annotations
@@ -12,24 +16,30 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from .errors import AppError
-from .federation import ArchiveOutcome
+from .federation import ArchiveOutcome, outcome_from_json
+from .locks import hashed_key, lock_name, new_token
+from .outcome_json import outcome_to_json
+from .session_store import SessionStore
 
 log = logging.getLogger(__name__)
 
 Event = ArchiveOutcome
+SEARCH_FAILED = "The search for this patient's imaging failed; reload to try again."
 
 
 @dataclass
 class SearchRun:
-    """One federated search in a background thread; its results are replayed to one reader."""
+    """One federated search in a background thread; its events are replayed to every reader."""
 
     started: float
     events: list[Event] = field(default_factory=list)
     finished: bool = False
+    finished_at: float | None = None
     error: AppError | None = None
     cond: threading.Condition = field(default_factory=threading.Condition)
 
@@ -53,44 +63,166 @@ class SearchRun:
                 return
 
 
-class Prefetcher:
-    """Starts runs keyed by session and patient; a run is taken once, or expires after `ttl_s`."""
+@dataclass(frozen=True)
+class _Lease:
+    """Where a run is published in the shared store, and the lock its owner holds."""
 
-    def __init__(self, ttl_s: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
-        self.ttl_s, self.clock = ttl_s, clock
+    record: str
+    lock: str
+    token: str
+
+
+class Prefetcher:
+    """Search runs keyed by session and patient: joined while running, replayed for `replay_s` after.
+
+    With a `store`, runs are shared across processes (see the module docstring); without one,
+    within this process only.
+    """
+
+    def __init__(self, ttl_s: float = 60.0, clock: Callable[[], float] = time.monotonic, *,
+                 store: SessionStore | None = None, replay_s: float = 10.0, lease_s: float = 5.0,
+                 poll_s: float = 0.1) -> None:
+        self.ttl_s, self.clock, self.store = ttl_s, clock, store
+        self.replay_s, self.lease_s, self.poll_s = replay_s, lease_s, poll_s
         self._runs: dict[str, SearchRun] = {}
         self._lock = threading.Lock()
 
+    # --- in this process ---------------------------------------------------------------------
+
     def start(self, key: str, search: Callable[[], Iterator[Event]]) -> SearchRun:
-        run = SearchRun(started=self.clock())
+        """Start a run for `key` now (replacing any other), in a background thread."""
         with self._lock:
-            now = self.clock()
-            for stale in [k for k, r in self._runs.items() if now - r.started > self.ttl_s]:
-                del self._runs[stale]
-            self._runs[key] = run
-        threading.Thread(target=self._work, args=(run, search), name="prefetch", daemon=True).start()
+            return self._spawn(key, search, None)
+
+    def _spawn(self, key: str, search: Callable[[], Iterator[Event]], lease: _Lease | None) -> SearchRun:
+        """Register and start a run (with self._lock held)."""
+        run = SearchRun(started=self.clock())
+        now = self.clock()
+        for stale in [k for k, r in self._runs.items() if now - r.started > self.ttl_s]:
+            del self._runs[stale]
+        self._runs[key] = run
+        threading.Thread(target=self._work, args=(run, search, lease), name="prefetch", daemon=True).start()
+        if lease is not None:
+            threading.Thread(target=self._renew, args=(run, lease), name="prefetch-lease", daemon=True).start()
         return run
 
-    def take(self, key: str) -> SearchRun | None:
-        with self._lock:
-            run = self._runs.pop(key, None)
+    def running(self, key: str) -> SearchRun | None:
+        """The run for `key` if it is under way, or finished less than `replay_s` ago."""
+        run = self._runs.get(key)
         if run is None or self.clock() - run.started > self.ttl_s:
+            return None
+        if run.finished and run.finished_at is not None and self.clock() - run.finished_at > self.replay_s:
             return None
         return run
 
-    @staticmethod
-    def _work(run: SearchRun, search: Callable[[], Iterator[Event]]) -> None:
+    # --- joined across processes ---------------------------------------------------------------
+
+    def begin(self, key: str, search: Callable[[], Iterator[Event]]) -> SearchRun | None:
+        """The run to read for `key`: one already here, else a new one; None if another process has it."""
+        with self._lock:  # one begin at a time, so two threads here never both start a run
+            run = self.running(key)
+            if run is not None:
+                return run
+            if self.store is None:
+                return self._spawn(key, search, None)
+            lease = _Lease(hashed_key("search", key), lock_name("search", key), new_token())
+            record = self.store.get(lease.record)
+            if record is not None and record.get("finished"):
+                return None  # another process finished it a moment ago: replay its record
+            if not self.store.acquire(lease.lock, lease.token, self.lease_s):
+                return None  # another process is searching
+            self.store.put(lease.record, {"outcomes": [], "finished": False}, self.ttl_s)
+            return self._spawn(key, search, lease)
+
+    def feed(self, key: str, search: Callable[[], Iterator[Event]], wait_s: float = 60.0) -> Iterator[Event]:
+        """Every archive's outcome for `key` once: from the run here, or from another process's run."""
+        seen: set[str] = set()
+        give_up = time.monotonic() + wait_s
+        while time.monotonic() < give_up:
+            run = self.begin(key, search)
+            if run is not None:
+                for event in run.feed(wait_s):
+                    if event.status.id not in seen:
+                        seen.add(event.status.id)
+                        yield event
+                return
+            if (yield from self._remote(key, seen, give_up)):
+                return
+            # The other process stopped renewing its lease without finishing: take the search over.
+            log.warning("a search run's owner went away; continuing it here")
+        raise AppError(SEARCH_FAILED, log_detail="waited too long for another process's search")
+
+    def _remote(self, key: str, seen: set[str], give_up: float) -> Generator[Event, None, bool]:
+        """Another process's run, read from the store until it finishes (True) or its owner is gone (False)."""
+        if self.store is None:  # begin() returns None only with a store
+            return True
+        record_key, lock = hashed_key("search", key), lock_name("search", key)
+        probe = new_token()
+        while time.monotonic() < give_up:
+            record = self.store.get(record_key)
+            for data in (record or {}).get("outcomes", []):
+                event = outcome_from_json(data)
+                if event.status.id not in seen:
+                    seen.add(event.status.id)
+                    yield event
+            if record is not None and record.get("finished"):
+                if record.get("error"):
+                    raise AppError(SEARCH_FAILED, log_detail="another process's search failed")
+                return True
+            if self.store.acquire(lock, probe, 0.01):  # free: its owner neither finished nor renewed
+                self.store.release(lock, probe)
+                return False
+            time.sleep(self.poll_s)
+        return True
+
+    # --- the run's threads ------------------------------------------------------------------
+
+    def _work(self, run: SearchRun, search: Callable[[], Iterator[Event]], lease: _Lease | None) -> None:
+        published: list[dict[str, Any]] = []
         try:
             for event in search():
                 with run.cond:
                     run.events.append(event)
                     run.cond.notify_all()
+                if lease is not None:
+                    published.append(outcome_to_json(event))
+                    self._publish(lease, {"outcomes": published, "finished": False}, self.ttl_s)
         except AppError as exc:
             run.error = exc
         except Exception:  # the reader must always be released; the stream then reports a failure
             log.exception("prefetched search failed")
-            run.error = AppError("The search for this patient's imaging failed; reload to try again.")
+            run.error = AppError(SEARCH_FAILED)
         finally:
+            if lease is not None:
+                self._publish(lease, {"outcomes": published, "finished": True, "error": run.error is not None},
+                              self.replay_s)
             with run.cond:
-                run.finished = True
+                run.finished, run.finished_at = True, self.clock()
                 run.cond.notify_all()
+            if lease is not None and self.store is not None:
+                try:
+                    self.store.release(lease.lock, lease.token)
+                except AppError:
+                    log.warning("could not release a search lease (it expires by itself)")
+
+    def _publish(self, lease: _Lease, record: dict[str, Any], ttl_s: float) -> None:
+        try:
+            if self.store is not None:
+                self.store.put(lease.record, record, ttl_s)
+        except AppError as exc:  # readers in this process still get every event
+            log.warning("could not publish a search's progress: %s", exc.code)
+
+    def _renew(self, run: SearchRun, lease: _Lease) -> None:
+        """Keep the lease while the run works, so readers elsewhere know its owner is alive."""
+        while True:
+            with run.cond:
+                if run.finished:
+                    return
+                run.cond.wait(self.lease_s / 3)
+                if run.finished:
+                    return
+            try:
+                if self.store is not None:
+                    self.store.acquire(lease.lock, lease.token, self.lease_s)
+            except AppError:
+                log.warning("could not renew a search lease")

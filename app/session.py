@@ -12,7 +12,8 @@ from typing import Any
 
 from flask import current_app, request
 
-from .errors import AppError, PatientMismatch, SessionExpired
+from .errors import AppError, PatientMismatch, SessionExpired, StoreUnavailable
+from .locks import held, lock_name
 from .models import Identifier, LaunchContext, PatientSummary
 from .session_store import store
 
@@ -20,6 +21,7 @@ log = logging.getLogger(__name__)
 
 COOKIE = "itl_session"
 REFRESH_MARGIN_S = 60
+REFRESH_LOCK_TTL_S = 20.0  # longer than one token request (HTTP_TIMEOUT_S, 10 s)
 # Striped locks: one refresh per session at a time, with a bounded number of lock objects
 # (a lock per session id would grow without end in a long-running process).
 _REFRESH_LOCKS = tuple(threading.Lock() for _ in range(64))
@@ -79,12 +81,27 @@ class SmartSession:
         if self.token.get("expires_at", float("inf")) - REFRESH_MARGIN_S > time.time():
             return self.token["access_token"]
         with _lock_for(self.id):
-            fresh = store().get(f"session:{self.id}")  # another thread may have refreshed already
-            if fresh and fresh["token"].get("expires_at", 0) - REFRESH_MARGIN_S > time.time():
-                self.token = fresh["token"]
+            if self._reload_fresh():  # another thread may have refreshed already
                 return self.token["access_token"]
-            self._refresh()
+            # Across processes too: the EHR rotates refresh tokens (RFC 6749 §6), so two workers
+            # spending the same one would leave one of them, and then the session, refused.
+            with held(store(), lock_name("refresh", self.id), ttl_s=REFRESH_LOCK_TTL_S,
+                      wait_s=REFRESH_LOCK_TTL_S) as got:
+                if self._reload_fresh():
+                    return self.token["access_token"]
+                if not got:
+                    raise StoreUnavailable("The session service is busy renewing your access; retry in a moment.",
+                                           log_detail="refresh lock not acquired in time")
+                self._refresh()
             return self.token["access_token"]
+
+    def _reload_fresh(self) -> bool:
+        """Take the stored token if another thread or process has refreshed it meanwhile."""
+        fresh = store().get(f"session:{self.id}")
+        if fresh and fresh["token"].get("expires_at", 0) - REFRESH_MARGIN_S > time.time():
+            self.token = fresh["token"]
+            return True
+        return False
 
     def _refresh(self) -> None:
         from .launch import smart_client_for  # launch owns the client wiring

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 from cryptography.fernet import Fernet, InvalidToken
 from flask import Flask, current_app
 
-from .errors import ConfigError
+from .errors import ConfigError, StoreUnavailable
 
 
 class SessionStore(Protocol):
@@ -33,6 +33,14 @@ class SessionStore(Protocol):
         ...
 
     def delete(self, key: str) -> None: ...
+
+    def acquire(self, key: str, token: str, ttl_s: float) -> bool:
+        """Take the lock `key` for `ttl_s` if it is free or expired (or held with this `token`: renew)."""
+        ...
+
+    def release(self, key: str, token: str) -> None:
+        """Free the lock `key` if `token` still holds it (an expired, re-taken lock is left alone)."""
+        ...
 
 
 class SQLiteStore:
@@ -77,6 +85,21 @@ class SQLiteStore:
         with self._lock:
             self._db.execute("DELETE FROM kv WHERE k = ?", (key,))
 
+    def acquire(self, key: str, token: str, ttl_s: float) -> bool:
+        # One statement, so atomic across the processes sharing the file: insert, or take over a
+        # row that expired or that this token already holds; rowcount says whether it did.
+        now = self.clock()
+        with self._lock:
+            cur = self._db.execute(
+                "INSERT INTO kv (k, v, exp) VALUES (?, ?, ?) ON CONFLICT(k) DO UPDATE SET v = excluded.v, "
+                "exp = excluded.exp WHERE kv.exp < ? OR kv.v = excluded.v",
+                (key, json.dumps({"lock": token}), now + ttl_s, now))
+            return cur.rowcount == 1
+
+    def release(self, key: str, token: str) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM kv WHERE k = ? AND v = ?", (key, json.dumps({"lock": token})))
+
 
 class RedisStore:
     """Scale-out store: several app processes behind a load balancer share sessions."""
@@ -100,6 +123,18 @@ class RedisStore:
 
     def delete(self, key: str) -> None:
         self.client.delete(self.prefix + key)
+
+    # Lua runs atomically in Redis: set-if-absent or renew-if-ours, and delete-if-ours.
+    _ACQUIRE = ("if redis.call('set', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end "
+                "if redis.call('get', KEYS[1]) == ARGV[1] then redis.call('pexpire', KEYS[1], ARGV[2]) return 1 end "
+                "return 0")
+    _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
+
+    def acquire(self, key: str, token: str, ttl_s: float) -> bool:
+        return bool(self.client.eval(self._ACQUIRE, 1, self.prefix + key, token, max(1, int(ttl_s * 1000))))
+
+    def release(self, key: str, token: str) -> None:
+        self.client.eval(self._RELEASE, 1, self.prefix + key, token)
 
 
 class EncryptedStore:
@@ -133,6 +168,12 @@ class EncryptedStore:
 
     def delete(self, key: str) -> None:
         self.inner.delete(key)
+
+    def acquire(self, key: str, token: str, ttl_s: float) -> bool:
+        return self.inner.acquire(key, token, ttl_s)  # a lock holds a random token, nothing to hide
+
+    def release(self, key: str, token: str) -> None:
+        self.inner.release(key, token)
 
 
 def open_store(url: str | None, instance_path: str) -> SessionStore:
@@ -178,5 +219,61 @@ def init_app(app: Flask) -> None:
         app.extensions["session_store"] = configured  # a store object given directly (tests)
         return
     inner = open_store(configured, app.instance_path)
-    key = session_key(app.config.get("SESSION_KEY_FILE"), shared=isinstance(inner, RedisStore))
-    app.extensions["session_store"] = EncryptedStore(inner, key)
+    shared = isinstance(inner, RedisStore)
+    # SESSION_KEY: a key given in memory (the production server shares one among its workers).
+    key = app.config.get("SESSION_KEY") or session_key(app.config.get("SESSION_KEY_FILE"),
+                                                       shared=shared)
+    app.extensions["session_store"] = EncryptedStore(GuardedStore(inner), key)
+
+
+# --- outages and cross-process locks -------------------------------------------------------------
+
+STORE_UNAVAILABLE = "The session service is unavailable; retry in a moment."
+
+
+def _outage_errors() -> tuple[type[BaseException], ...]:
+    errors: list[type[BaseException]] = [sqlite3.OperationalError]
+    try:
+        import redis
+
+        errors.append(redis.RedisError)
+    except ImportError:  # pragma: no cover - redis is a dependency
+        pass
+    return tuple(errors)
+
+
+class GuardedStore:
+    """Turns a store outage (Redis down, SQLite file locked or gone) into StoreUnavailable (HTTP 503).
+
+    Nothing is cached here: the next request tries the store again, so service resumes by itself
+    when the store is back (redis-py reconnects on the next command).
+    """
+
+    def __init__(self, inner: SessionStore) -> None:
+        self.inner = inner
+        self.errors = _outage_errors()
+
+    def _call(self, name: str, *args: Any) -> Any:
+        try:
+            return getattr(self.inner, name)(*args)
+        except self.errors as exc:
+            raise StoreUnavailable(STORE_UNAVAILABLE, log_detail=f"session store {name}: {type(exc).__name__}") \
+                from exc
+
+    def put(self, key: str, value: dict[str, Any], ttl_s: float) -> None:
+        self._call("put", key, value, ttl_s)
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        return self._call("get", key)
+
+    def take(self, key: str) -> dict[str, Any] | None:
+        return self._call("take", key)
+
+    def delete(self, key: str) -> None:
+        self._call("delete", key)
+
+    def acquire(self, key: str, token: str, ttl_s: float) -> bool:
+        return bool(self._call("acquire", key, token, ttl_s))
+
+    def release(self, key: str, token: str) -> None:
+        self._call("release", key, token)

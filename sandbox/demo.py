@@ -16,7 +16,8 @@ from app import create_app
 from app.errors import ConfigError
 from app.serving import background_server, starting
 
-from .app_config import APP_CLIENT_ID, BACKEND_CLIENT_ID, DEMO_ARCHIVES, app_registration
+from .app_config import BACKEND_CLIENT_ID, DEMO_ARCHIVES, app_registration
+from .standalone import make_sandbox
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +46,6 @@ def build_demo(base_url: str, *, extra_archives: str | None = None,
     """The app (registered with the sandbox EHR) and the sandbox (with the app as its client)."""
     from app.archives.config import load_archives
 
-    from . import SandboxClient, SandboxConfig, create_sandbox_app
-
     sandbox_url = f"{base_url}/sandbox"
     archives = load_archives(DEMO_ARCHIVES, substitutions={"sandbox": sandbox_url})
     if extra_archives:
@@ -62,19 +61,7 @@ def build_demo(base_url: str, *, extra_archives: str | None = None,
         "BACKEND_CLIENT_ID": BACKEND_CLIENT_ID,
         **(app_options or {}),
     })
-    jwks_uri = f"{base_url}/.well-known/jwks.json"
-    sandbox = create_sandbox_app(SandboxConfig(
-        app_launch_url=f"{base_url}/launch",
-        clients=(
-            SandboxClient(client_id=APP_CLIENT_ID, redirect_uris=(f"{base_url}/callback",),
-                          token_endpoint_auth_method="private_key_jwt", jwks_uri=jwks_uri,
-                          grant_types=("authorization_code", "refresh_token")),
-            SandboxClient(client_id=BACKEND_CLIENT_ID, redirect_uris=(),
-                          token_endpoint_auth_method="private_key_jwt", jwks_uri=jwks_uri,
-                          grant_types=("client_credentials",)),
-        ),
-        **(sandbox_options or {}),
-    ))
+    sandbox = make_sandbox(base_url, **(sandbox_options or {}))
     return app, sandbox
 
 

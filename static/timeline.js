@@ -233,7 +233,11 @@
     });
     source.onerror = () => {
       if (state.done || state.failed) return;
-      // No reconnect loop: the browser would otherwise retry forever. Offer one button instead.
+      // A dropped connection (a server worker restarted, a load balancer moved us): the browser
+      // reconnects by itself (readyState CONNECTING) and the server replays the whole search, so
+      // allow a few attempts. No endless loop: after that, offer one button instead.
+      state.reconnects = (state.reconnects || 0) + 1;
+      if (source.readyState === EventSource.CONNECTING && state.reconnects <= 3) return;
       source.close();
       state.failed = true;
       setBusy(false);

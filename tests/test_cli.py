@@ -21,3 +21,18 @@ def test_an_unknown_command_is_a_usage_error(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["frobnicate"])
     assert exit_.value.code == 2
+
+
+@pytest.mark.parametrize("flag, value", [("--workers", "0"), ("--threads", "-2"), ("--workers", "two")])
+def test_serve_refuses_a_worker_or_thread_count_below_one(capsys, flag, value):
+    with pytest.raises(SystemExit) as exit_:
+        main(["serve", flag, value])
+    assert exit_.value.code == 2
+    assert f"argument {flag}: must be a whole number of at least 1, not '{value}'" in capsys.readouterr().err
+
+
+def test_the_sandbox_command_needs_its_port_and_the_app_url(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["sandbox", "--port", "0"])
+    assert exit_.value.code == 2
+    assert "--app-url" in capsys.readouterr().err

@@ -299,11 +299,40 @@ def test_the_timeline_page_starts_the_search_that_its_stream_then_delivers(demo)
     assert resp.status_code == 200
     prefetch = demo.app.extensions["prefetch"]
     sid = browser.cookies["itl_session"]
-    assert f"{sid}:pat-ben" in prefetch._runs
+    run = prefetch.running(f"{sid}:pat-ben")
+    assert run is not None
     streamed = browser.get(f"{demo.base_url}/api/studies/stream", timeout=60)
-    assert f"{sid}:pat-ben" not in prefetch._runs  # taken by the stream
+    assert prefetch.running(f"{sid}:pat-ben") is run  # joined by the stream, not searched again
     rows = {s["uid"] for n, d in events(streamed.text) if n == "studies" for s in d["studies"]}
     assert rows == {s["uid"] for s in studies(demo, browser)["studies"]}
+
+
+def test_twenty_reloads_of_the_timeline_cause_one_archive_search(demo):
+    from collections import Counter
+    from concurrent.futures import ThreadPoolExecutor
+
+    hits: Counter = Counter()
+    inner = demo.server.app
+
+    def counting(environ, start_response):
+        hits[environ.get("PATH_INFO", "")] += 1
+        return inner(environ, start_response)
+
+    demo.sandbox.extensions["sandbox"].delays["dicomweb"] = 1.0  # the search is still running during the reloads
+    demo.server.app = counting
+    try:
+        _, browser = launch(demo, "pat-ben", embedded="1")
+        with ThreadPoolExecutor(5) as pool:
+            pages = list(pool.map(lambda _: browser.get(f"{demo.base_url}/timeline", timeout=30).status_code,
+                                  range(20)))
+        streamed = browser.get(f"{demo.base_url}/api/studies/stream", timeout=60)
+        assert browser.get(f"{demo.base_url}/api/studies", timeout=60).status_code == 200
+    finally:
+        demo.server.app = inner
+        demo.sandbox.extensions["sandbox"].delays.pop("dicomweb", None)
+    assert pages == [200] * 20
+    assert events(streamed.text)[-1][0] == "done"
+    assert hits["/sandbox/dicomweb/studies"] == 1
 
 
 def test_a_stream_without_a_session_says_relaunch_as_an_event(demo):

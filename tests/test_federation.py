@@ -232,6 +232,34 @@ def test_cached_studies_are_copies(jane, ehr_token):
     assert again.studies[0].badges == []
 
 
+def test_a_second_process_reads_the_study_cache_from_the_shared_store(jane, ehr_token, tmp_path):
+    from app.session_store import SQLiteStore
+
+    shared = SQLiteStore(tmp_path / "shared.db")
+    a = FakeArchive(config("a"), [study("1.1", "2024-05-01T10:00:00", modalities=("CT",), accession="ACC-1")])
+    here = federation(a, cache_ttl_s=60, shared_cache=shared)
+    there = federation(a, cache_ttl_s=60, shared_cache=shared)  # another worker, same store
+
+    first = here.search(jane, CTX, ehr_token, session_id="s1")
+    again = there.search(jane, CTX, ehr_token, session_id="s1")
+
+    assert a.calls == 1
+    assert again.studies == first.studies
+    assert again.archives == first.archives
+
+
+def test_the_shared_study_cache_names_no_session_id(jane, ehr_token, tmp_path):
+    import sqlite3
+
+    from app.session_store import SQLiteStore
+
+    fed = federation(FakeArchive(config("a"), [study("1.1")]), cache_ttl_s=60,
+                     shared_cache=SQLiteStore(tmp_path / "shared.db"))
+    fed.search(jane, CTX, ehr_token, session_id="secret-session-id")
+    keys = [k for (k,) in sqlite3.connect(tmp_path / "shared.db").execute("SELECT k FROM kv")]
+    assert keys and not any("secret-session-id" in k for k in keys)
+
+
 # --- Flask wiring ------------------------------------------------------------------------------------
 
 

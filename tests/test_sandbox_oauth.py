@@ -315,6 +315,28 @@ def test_backend_jwks_is_fetched_from_jwks_uri(httpserver: HTTPServer) -> None:
     assert [r.path for r, _ in httpserver.log] == ["/jwks.json"]
 
 
+def test_the_client_jwks_is_cached_across_token_requests(httpserver: HTTPServer) -> None:
+    # The token endpoint must not wait on the app's own server for every launch (the circular wait).
+    httpserver.expect_request("/jwks.json").respond_with_json(backend_jwks())
+    with running_sandbox(clients=clients(jwks_uri=httpserver.url_for("/jwks.json"))) as sandbox:
+        answers = [backend_token_request(sandbox).status_code for _ in range(5)]
+    assert answers == [200] * 5
+    assert [r.path for r, _ in httpserver.log] == ["/jwks.json"]
+
+
+def test_an_unknown_kid_fetches_the_client_jwks_again(httpserver: HTTPServer) -> None:
+    rotated = RSAKey.generate_key(2048, parameters={"kid": "backend-rotated", "alg": "RS384"}, private=True)
+    httpserver.expect_ordered_request("/jwks.json").respond_with_json(backend_jwks())
+    httpserver.expect_ordered_request("/jwks.json").respond_with_json(
+        {"keys": [rotated.as_dict(private=False)]})
+    with running_sandbox(clients=clients(jwks_uri=httpserver.url_for("/jwks.json"))) as sandbox:
+        assert backend_token_request(sandbox).status_code == 200
+        time.sleep(1.1)  # past the refetch floor (JWKS_REFETCH_MIN_S)
+        resp = backend_token_request(sandbox, assertion=client_assertion(sandbox, rotated))
+    assert resp.status_code == 200, resp.text
+    assert len(httpserver.log) == 2
+
+
 def test_backend_jwks_uri_failure_is_invalid_client(httpserver: HTTPServer) -> None:
     httpserver.expect_request("/jwks.json").respond_with_data("nope", status=500)
     with running_sandbox(clients=clients(jwks_uri=httpserver.url_for("/jwks.json"))) as sandbox:

@@ -136,3 +136,68 @@ def test_the_app_encrypts_its_sessions_with_the_configured_key(tmp_path):
 
         store().put("k", {"v": 1}, 10)
     assert EncryptedStore(SQLiteStore(tmp_path / "app.db"), key).get("k") == {"v": 1}
+
+
+# --- locks (single-flight refresh and search across processes) -----------------------------------
+
+
+def test_a_lock_is_held_by_one_token_at_a_time_even_under_contention(store):
+    with ThreadPoolExecutor(8) as pool:
+        won = list(pool.map(lambda n: store.acquire("lock:x", f"t{n}", 10), range(8)))
+    assert won.count(True) == 1
+
+
+def test_the_holder_renews_its_lock_and_others_still_cannot_take_it(store):
+    assert store.acquire("lock:x", "mine", 10)
+    assert store.acquire("lock:x", "mine", 10)
+    assert not store.acquire("lock:x", "theirs", 10)
+
+
+def test_an_expired_lock_can_be_taken(store):
+    assert store.acquire("lock:x", "dead", 0.2)
+    time.sleep(0.4)
+    assert store.acquire("lock:x", "alive", 10)
+
+
+def test_only_the_holder_releases_a_lock(store):
+    assert store.acquire("lock:x", "mine", 10)
+    store.release("lock:x", "theirs")
+    assert not store.acquire("lock:x", "theirs", 10)
+    store.release("lock:x", "mine")
+    assert store.acquire("lock:x", "theirs", 10)
+
+
+def test_held_waits_for_the_lock_then_gives_up():
+    from app.locks import held
+
+    now = [0.0]
+    backing = SQLiteStore(":memory:", clock=lambda: now[0])
+    assert backing.acquire("lock:r", "other", 100)
+
+    def tick(seconds: float) -> None:
+        now[0] += seconds
+
+    with held(backing, "lock:r", ttl_s=5, wait_s=1, clock=lambda: now[0], sleep=tick) as got:
+        assert got is False
+    now[0] = 200  # the other holder's lock expired
+    with held(backing, "lock:r", ttl_s=5, wait_s=1, clock=lambda: now[0], sleep=tick) as got:
+        assert got is True
+    assert backing.acquire("lock:r", "next", 5)  # released on exit
+
+
+def test_lock_names_do_not_contain_the_session_id():
+    from app.locks import lock_name
+
+    assert "secret-session-id" not in lock_name("refresh", "secret-session-id")
+
+
+# --- outages ------------------------------------------------------------------------------------
+
+
+def test_an_unreachable_redis_is_store_unavailable_not_a_crash():
+    from app.errors import StoreUnavailable
+    from app.session_store import GuardedStore
+
+    guarded = GuardedStore(RedisStore(f"redis://127.0.0.1:{_free_port()}/0"))
+    with pytest.raises(StoreUnavailable, match=r"^The session service is unavailable; retry in a moment\.$"):
+        guarded.get("session:x")
