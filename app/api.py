@@ -11,7 +11,7 @@ from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, request, stream_with_context, url_for
 
-from . import priors
+from . import priors, reports
 from .archives.base import ArchiveClient, LinkedOrder, LinkedReport, raise_for_status
 from .archives.config import ArchiveConfig, ViewerConfig, discover_archives
 from .errors import AppError, ArchiveError, FhirNotFound, LaunchError
@@ -125,6 +125,7 @@ def _remember_shown(session: SmartSession, studies: list[Study]) -> None:
         archives.update(e.archive_id for e in study.endpoints)
         shown["studies"][study.uid] = sorted(archives)
     store().put(key, shown, current_app.config["SESSION_TTL_S"])
+    reports.remember(session, studies)
 
 
 def _was_shown(session: SmartSession, uid: str, archive_id: str) -> bool:
@@ -352,3 +353,4 @@ def record_access() -> Response:
 def init_app(app: Flask) -> None:
     app.extensions["prefetch"] = Prefetcher()
     app.register_blueprint(bp)
+    reports.init_app(app)

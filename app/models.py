@@ -93,6 +93,9 @@ class Report:
     abnormal: bool = False  # an abnormal interpretation or conclusion code
     critical: bool = False  # a critical result flag
     source: str | None = None  # archive id
+    # What /api/reports/<source>/<id> reads: "DiagnosticReport", "DocumentReference" (id prefixed
+    # "DocumentReference:"), or "dicom" (id = StudyInstanceUID: the study's SR / Encapsulated PDF).
+    kind: str = "DiagnosticReport"
 
 
 @dataclass(frozen=True, slots=True)

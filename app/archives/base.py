@@ -71,6 +71,9 @@ class LinkedReport:
     study_refs: tuple[str, ...] = ()  # DiagnosticReport.imagingStudy references
     accession: str | None = None
     study_uids: set[str] = field(default_factory=set)  # resolved from study_refs
+    # A note with neither reference nor accession links by day + DICOM modality (IHE XDS-I.b eventCodeList).
+    day: date | None = None
+    modalities: tuple[str, ...] = ()
 
 
 @dataclass(slots=True)

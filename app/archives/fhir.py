@@ -14,6 +14,7 @@ from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 from fhirclient.models.diagnosticreport import DiagnosticReport
+from fhirclient.models.documentreference import DocumentReference
 from fhirclient.models.imagingstudy import ImagingStudy
 from fhirclient.models.patient import Patient
 from fhirclient.models.servicerequest import ServiceRequest
@@ -22,6 +23,7 @@ from ..errors import ArchiveError, ArchiveResponseError
 from ..fhir import human_name  # the EHR reader's name rendering, so names compare like for like
 from ..http import Deadline, same_origin, under
 from ..models import Identifier, LaunchContext, Order, Report, Study, StudyEndpoint
+from . import fhir_reports
 from .base import ArchiveAnswer, ArchiveClient, Candidate, LinkedOrder, LinkedReport, PatientRef, Subject
 from .config import ArchiveConfig
 
@@ -53,6 +55,7 @@ class FhirArchive:
         self.base = base.rstrip("/")
         self.archive_bases = archive_bases  # (archive id, base URL) of every DICOMweb archive
         self._lookups = 0
+        self._report_urls: set[str] = set()  # DiagnosticReport.presentedForm URLs (to de-duplicate notes)
 
     # --- search ---------------------------------------------------------------------------------
 
@@ -83,6 +86,9 @@ class FhirArchive:
             # credentials do. Records found by identifier are guarded one by one, like studies.
             if not self.config.is_ehr or self.ctx.can_read(rtype):
                 searches[rtype] = forms(rtype, [f"{rtype}:subject"] if elsewhere else [])
+        if self._reads_documents():
+            searches["DocumentReference"] = forms("DocumentReference",
+                                                  ["DocumentReference:subject"] if elsewhere else [])
         # The searches are independent (FHIR R4 search): run them at once, so an archive costs one
         # round trip rather than three. Credentials first, once: a backend token is fetched (or
         # refused) a single time, not by each parallel search.
@@ -109,13 +115,24 @@ class FhirArchive:
             cand = self._candidate(resource, full_url, included, answer, deadline)
             if cand is not None:
                 answer.candidates.append(cand)
-        for rtype, build in (("DiagnosticReport", self._report), ("ServiceRequest", self._order)):
+        for rtype, build in (("DiagnosticReport", self._report), ("ServiceRequest", self._order),
+                             ("DocumentReference", self._document)):
             for full_url, raw in others.get(rtype, ([], {}, None))[0]:
                 build(raw, full_url, answer, included, deadline)
         return answer
 
     def complete(self, studies: list[Study], deadline: Deadline) -> None:
         """Nothing to add: ImagingStudy already carries series-level detail."""
+
+    def subject_of(self, res: Any, deadline: Deadline) -> Subject:
+        """Whose record `res` (a parsed resource with `subject`) is, as the wrong-patient guard reads it."""
+        return self._subject(res, {}, deadline)
+
+    def _reads_documents(self) -> bool:
+        """US Core radiology notes: on the EHR when granted; elsewhere when the backend scope names them."""
+        if self.config.is_ehr:
+            return self.ctx.can_read("DocumentReference")
+        return self.config.auth.kind == "smart-backend" and "DocumentReference" in self.config.auth.scope
 
     def _collect(self, rtype: str, params: list[dict[str, Any]], deadline: Deadline
                  ) -> tuple[list[tuple[str | None, dict[str, Any]]], dict[str, dict[str, Any]], ArchiveAnswer]:
@@ -300,6 +317,7 @@ class FhirArchive:
     def _report(self, raw: dict[str, Any], full_url: str | None, answer: ArchiveAnswer,
                 included: dict[str, dict[str, Any]], deadline: Deadline) -> None:
         res = DiagnosticReport(raw, strict=False)
+        self._report_urls |= fhir_reports.attachment_urls(raw, self.base, "presentedForm")
         codes = {c.code for cc in res.conclusionCode or [] for c in cc.coding or [] if c.code}
         report = Report(id=res.id or "", status=res.status or "unknown", conclusion=res.conclusion,
                         issued=res.issued.datetime if res.issued else None, abnormal=bool(codes & ABNORMAL),
@@ -318,6 +336,20 @@ class FhirArchive:
                       source=self.config.id)
         answer.orders.append(LinkedOrder(order=order, subject=self._subject(res, included, deadline),
                                          refs=tuple(_keys(raw, full_url))))
+
+
+    def _document(self, raw: dict[str, Any], full_url: str | None, answer: ArchiveAnswer,
+                  included: dict[str, dict[str, Any]], deadline: Deadline) -> None:
+        """A US Core radiology note, unless it is a DiagnosticReport's own attachment (same URL)."""
+        if not fhir_reports.is_radiology_note(raw):
+            return
+        if fhir_reports.attachment_urls(raw, self.base, "content") & self._report_urls:
+            return  # the same report, already listed as the DiagnosticReport that presents it
+        report, refs, day, modalities = fhir_reports.document_listing(raw, self.config.id)
+        res = DocumentReference(raw, strict=False)
+        answer.reports.append(LinkedReport(
+            report=report, subject=self._subject(res, included, deadline), study_refs=refs,
+            accession=fhir_reports.accession_of(raw), day=day, modalities=modalities))
 
 
 def _keys(resource: dict[str, Any], full_url: str | None) -> list[str]:
