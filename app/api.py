@@ -22,7 +22,7 @@ from .models import ArchiveStatus, Study
 from .prefetch import Prefetcher
 from .session import SmartSession, current_session
 from .session_store import store
-from .viewers import is_dicom_uid, viewer_links
+from .viewers import images_note, is_dicom_uid, viewer_links
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("app.access")
@@ -82,6 +82,8 @@ def study_view(study: Study, session: SmartSession, archives: dict[str, ArchiveC
     view["attention"] = priors.attention(study)
     viewers = {aid: _viewer_table(a, a.viewer) for aid, a in archives.items() if a.viewer is not None}
     view["viewers"] = viewer_links(study, viewers, patient_id=None)
+    view["images_note"] = images_note(study, view["viewers"], {aid: a.name for aid, a in archives.items()},
+                                      set(viewers))
     view["thumbnail"] = _thumbnail_url(study, archives)
     view["current"] = study.uid == current_uid
     view["source_names"] = [archives[s].name if s in archives else s for s in study.sources]

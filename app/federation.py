@@ -112,6 +112,7 @@ def merge_studies(studies: Iterable[Study]) -> list[Study]:
         _union(have.orders, copy.deepcopy(study.orders), key=lambda o: (o.source, o.id))
         _union(have.endpoints, study.endpoints)
         _union(have.ids, study.ids)
+        _union(have.elsewhere, study.elsewhere)
         have.matched_ids.update(study.matched_ids)
     return newest_first(merged.values())
 

@@ -139,6 +139,8 @@ class Study:
     endpoints: list[StudyEndpoint] = field(default_factory=list)
     badges: list[str] = field(default_factory=list)  # e.g. "identity: name differs"
     ids: list[str] = field(default_factory=list)  # the launching EHR's ImagingStudy ids (for fhirContext)
+    # Where images are held that no configured archive can show (ImagingStudy.endpoint names elsewhere).
+    elsewhere: list[str] = field(default_factory=list)
     # The identifier each source matched on: {archive_id: Identifier}
     matched_ids: dict[str, Identifier] = field(default_factory=dict)
 

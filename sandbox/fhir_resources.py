@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import logging
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -215,7 +216,8 @@ def presented_forms(study: SandboxStudy, report_id: str,
         return []
     issued = report.issued.isoformat()
     context = f"{rtype}/{report_id}"
-    bodies = {"html": ("text/html; charset=utf-8", lambda: report_docs.report_html(study)),
+    bodies: dict[str, tuple[str, Callable[[], str | bytes]]] = {
+              "html": ("text/html; charset=utf-8", lambda: report_docs.report_html(study)),
               "pdf": ("application/pdf", lambda: report_docs.report_pdf(study)),
               "rtf": ("text/rtf", lambda: report_docs.report_rtf(study))}
     out: list[tuple[dict[str, Any], dict[str, Any] | None]] = []
@@ -267,7 +269,7 @@ def document_resource(study: SandboxStudy, imaging_study_id: str | None) -> dict
 
 def document_binary(study: SandboxStudy) -> dict[str, Any]:
     did = f"doc-{study.key}"
-    form, binary = presented_forms(study, did, "DocumentReference")[0]
+    _, binary = presented_forms(study, did, "DocumentReference")[0]
     if binary is not None:
         return binary
     return _binary(f"bin-{did}", "text/plain", report_docs.report_text(study), f"DocumentReference/{did}")

@@ -221,6 +221,8 @@ class FhirArchive:
         modalities = [c.code for c in res.modality or [] if c.code]
         modalities += [s.modality.code for s in series if s.modality and s.modality.code]
         sites = [s.bodySite.display or s.bodySite.code for s in series if s.bodySite]
+        elsewhere: list[str] = []
+        endpoints = self._endpoints(raw, included, answer, deadline, elsewhere)
         study = Study(
             uid=uid,
             started=started,
@@ -234,7 +236,8 @@ class FhirArchive:
             referrer=res.referrer.display if res.referrer else None,
             facility=(res.location.display if res.location and res.location.display else self.config.name),
             sources=[self.config.id],
-            endpoints=self._endpoints(raw, included, answer, deadline),
+            endpoints=endpoints,
+            elsewhere=elsewhere,
             # fhirContext names ImagingStudy/<id> on the launching EHR only (SMART App Launch 2.x).
             ids=[res.id] if self.config.is_ehr and res.id else [],
         )
@@ -286,7 +289,7 @@ class FhirArchive:
         return body
 
     def _endpoints(self, raw: dict[str, Any], included: dict[str, dict[str, Any]], answer: ArchiveAnswer,
-                   deadline: Deadline) -> list[StudyEndpoint]:
+                   deadline: Deadline, elsewhere: list[str] | None = None) -> list[StudyEndpoint]:
         """ImagingStudy.endpoint (study and series level) that lie under a configured archive; others ignored."""
         refs = list(_list(raw.get("endpoint")))
         for series in _list(raw.get("series")):
@@ -303,6 +306,11 @@ class FhirArchive:
                 continue
             archive_id = next((aid for aid, base in self.archive_bases if under(address, base)), None)
             if archive_id is None:
+                if elsewhere is not None:
+                    name = endpoint.get("name") if isinstance(endpoint, dict) else None
+                    label = name if isinstance(name, str) and name else urlsplit(address).hostname or "another server"
+                    if label not in elsewhere:
+                        elsewhere.append(label[:120])
                 answer.ignored_endpoints += 1
                 log.info("archive %s: endpoint at unconfigured host %s ignored", self.config.id,
                          urlsplit(address).hostname)

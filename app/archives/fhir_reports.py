@@ -247,6 +247,7 @@ class FhirReportReader:
             view.text, view.sections = chosen.text, list(chosen.sections)
             if conclusion and " ".join(conclusion.split()) not in " ".join(view.text.split()):
                 view.text += f"\n\nConclusion: {conclusion}"
+                view.sections.append(Section("Conclusion", conclusion))
         elif conclusion:
             view.text = conclusion
             view.sections = [Section("Impression", conclusion)]
