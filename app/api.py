@@ -11,7 +11,7 @@ from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, request, stream_with_context, url_for
 
-from . import priors, reports
+from . import imaging_endpoints, priors, reports
 from .archives.base import ArchiveClient, LinkedOrder, LinkedReport, raise_for_status
 from .archives.config import ArchiveConfig, ViewerConfig, discover_archives
 from .errors import AppError, ArchiveError, FhirNotFound, LaunchError
@@ -107,6 +107,9 @@ def _thumbnail_source(study: Study, archives: dict[str, ArchiveConfig]) -> str |
     for endpoint in study.endpoints:
         if endpoint.archive_id in archives and archives[endpoint.archive_id].kind == "dicomweb":
             return endpoint.archive_id
+    for endpoint in study.endpoints:
+        if endpoint.token is not None:  # SMART Imaging Access endpoint (app/imaging_endpoints.py)
+            return endpoint.archive_id
     return None
 
 
@@ -128,6 +131,7 @@ def _remember_shown(session: SmartSession, studies: list[Study]) -> None:
         shown["studies"][study.uid] = sorted(archives)
     store().put(key, shown, current_app.config["SESSION_TTL_S"])
     reports.remember(session, studies)
+    imaging_endpoints.remember(session.id, studies)
 
 
 def _was_shown(session: SmartSession, uid: str, archive_id: str) -> bool:
@@ -295,7 +299,7 @@ def thumbnail(archive_id: str, uid: str) -> Response:
     session = _session()
     if not is_dicom_uid(uid) or not _was_shown(session, uid, archive_id):
         raise FhirNotFound("No such study in this patient's timeline.")
-    archive = archives_for(session).get(archive_id)
+    archive = archives_for(session).get(archive_id) or imaging_endpoints.lookup(session.id, archive_id)
     if archive is None or archive.kind != "dicomweb":
         raise FhirNotFound("No such archive.")
     fed = federation()

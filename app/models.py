@@ -116,6 +116,11 @@ class StudyEndpoint:
 
     archive_id: str
     address: str  # DICOMweb base URL
+    # SMART Imaging Access `requires-access-token` on an Endpoint outside every configured archive:
+    # True = the clinician's token (EHR origin only), False = a capability URL (no token); None =
+    # the endpoint lies under a configured archive, whose own credentials apply.
+    token: bool | None = None
+    name: str | None = None
 
 
 @dataclass(slots=True)

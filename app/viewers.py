@@ -139,6 +139,9 @@ def images_note(study: Study, links: list[dict[str, Any]], names: Mapping[str, s
         return None
     if study.elsewhere:
         return f"Images are held at {' and '.join(study.elsewhere[:2])}, which is not connected."
+    direct = next((e for e in study.endpoints if e.token is not None), None)
+    if direct is not None:
+        return f"Images are at {direct.name or 'an image endpoint'}, for which no viewer is configured."
     holders = [a for a in dict.fromkeys([*study.sources, *(e.archive_id for e in study.endpoints)])
                if a in names and a not in with_viewer]
     imaging = [a for a in holders if any(e.archive_id == a for e in study.endpoints)]

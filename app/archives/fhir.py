@@ -19,6 +19,7 @@ from fhirclient.models.imagingstudy import ImagingStudy
 from fhirclient.models.patient import Patient
 from fhirclient.models.servicerequest import ServiceRequest
 
+from .. import imaging_endpoints
 from ..errors import ArchiveError, ArchiveResponseError
 from ..fhir import human_name  # the EHR reader's name rendering, so names compare like for like
 from ..http import Deadline, same_origin, under
@@ -305,6 +306,11 @@ class FhirArchive:
             if not isinstance(address, str):
                 continue
             archive_id = next((aid for aid, base in self.archive_bases if under(address, base)), None)
+            if archive_id is None and (usable := imaging_endpoints.usable(endpoint, address, self.base,
+                                                                           self.config.auth.kind)) is not None:
+                if all(e.address != usable.address for e in found):
+                    found.append(usable)
+                continue
             if archive_id is None:
                 if elsewhere is not None:
                     name = endpoint.get("name") if isinstance(endpoint, dict) else None

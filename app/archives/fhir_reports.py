@@ -31,7 +31,7 @@ from ..fhir import human_name
 from ..http import Deadline, HttpAnswer, under
 from ..models import Report
 from ..report_view import Addendum, AttachmentSource, FetchedReport, ReportView, Section, SourceNote
-from .base import Subject, raise_for_status
+from .base import Subject, patient_mismatch, raise_for_status
 from .retry import get_with_retry
 
 log = logging.getLogger(__name__)
@@ -148,7 +148,7 @@ class FhirReportReader:
         answer = get_with_retry(self.client, url, deadline=deadline, accept=accept, what=what)
         if answer.status in (404, 410):
             raise ReportNotFound(f"{self.name} no longer has this report ({what}: HTTP {answer.status}).")
-        if answer.status == 403 and _mentions_patient(answer):
+        if answer.status == 403 and patient_mismatch(answer):
             # SMART Imaging Access: a 403 whose OperationOutcome says the patient does not match.
             raise ReportWrongPatient(f"{self.name} refused: it says this {what} is not the launched patient's.")
         raise_for_status(answer)
@@ -294,17 +294,6 @@ class FhirReportReader:
                 if raw is not None and (name := human_name(Practitioner(raw, strict=False))):
                     names.append(name)
         return ", ".join(names) or None
-
-
-def _mentions_patient(answer: HttpAnswer) -> bool:
-    try:
-        body = answer.json()
-    except ValueError:
-        return False
-    issues = body.get("issue") if isinstance(body, dict) else None
-    text = " ".join(str(i.get("diagnostics") or "") + " " + str((i.get("details") or {}).get("text") or "")
-                    for i in issues or [] if isinstance(i, dict))
-    return "patient" in text.lower()
 
 
 def _b64(data: str) -> bytes:
