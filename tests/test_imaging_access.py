@@ -99,3 +99,29 @@ def test_a_403_patient_mismatch_is_reported_as_such(httpserver, jane, ehr_token)
 
     assert status["ehr"].reason == "HTTP 403 (patient mismatch: the archive says this is not the token's patient)"
 
+
+
+def test_the_fhir_context_study_is_searched_by_its_uid_when_the_list_missed_it(httpserver, jane, ehr_token):
+    from app.federation import Federation
+    from app.models import LaunchContext
+
+    iss = httpserver.url_for("/fhir")
+    httpserver.expect_ordered_request("/fhir/ImagingStudy", query_string={
+        "patient": "pat-1", "_include": "ImagingStudy:endpoint", "_count": "100"}).respond_with_json(
+        bundle(imaging_study("is-1", "1.1")))
+    httpserver.expect_ordered_request("/fhir/ImagingStudy", query_string={
+        "patient": "pat-1", "identifier": "urn:oid:1.9", "_include": "ImagingStudy:endpoint"}).respond_with_json(
+        bundle(imaging_study("is-9", "1.9")))
+    ctx = LaunchContext(iss=iss, patient_id=jane.id, granted_scopes=frozenset(), fhir_context=("ImagingStudy/1.9",))
+
+    result = Federation([EHR]).search(jane, ctx, ehr_token)
+
+    assert sorted(s.uid for s in result.studies) == ["1.1", "1.9"]
+
+
+def test_a_fhir_context_given_by_dicom_identifier_names_the_study_by_uid():
+    from app.launch import _fhir_context
+
+    assert _fhir_context([{"type": "ImagingStudy", "identifier": {"system": "urn:dicom:uid",
+                                                                  "value": "urn:oid:1.2.840.99"}},
+                          {"reference": "ServiceRequest/sr-1"}]) == ("ImagingStudy/1.2.840.99", "ServiceRequest/sr-1")

@@ -24,6 +24,7 @@ from ..errors import ArchiveError, ArchiveResponseError
 from ..fhir import human_name  # the EHR reader's name rendering, so names compare like for like
 from ..http import Deadline, same_origin, under
 from ..models import Identifier, LaunchContext, Order, Report, Study, StudyEndpoint
+from ..viewers import is_dicom_uid
 from . import fhir_reports
 from .base import ArchiveAnswer, ArchiveClient, Candidate, LinkedOrder, LinkedReport, PatientRef, Subject
 from .config import ArchiveConfig
@@ -98,6 +99,8 @@ class FhirArchive:
             futures = {rtype: pool.submit(self._collect, rtype, params, deadline)
                        for rtype, params in searches.items()}
             studies, included, partial = futures.pop("ImagingStudy").result()  # its failure is the archive's
+            if ref.patient_id is not None and self.config.is_ehr:
+                studies += self._context_studies(studies, ref.patient_id, deadline, included, partial)
             others = {}
             for rtype, future in futures.items():
                 try:
@@ -124,6 +127,32 @@ class FhirArchive:
 
     def complete(self, studies: list[Study], deadline: Deadline) -> None:
         """Nothing to add: ImagingStudy already carries series-level detail."""
+
+    def _context_studies(self, studies: list[tuple[str | None, dict[str, Any]]], patient_id: str,
+                         deadline: Deadline, included: dict[str, dict[str, Any]], part: ArchiveAnswer
+                         ) -> list[tuple[str | None, dict[str, Any]]]:
+        """The launch's fhirContext study when the patient's search did not return it (SMART Imaging Access).
+
+        `ImagingStudy?patient=…&identifier=urn:oid:<StudyInstanceUID>` for a context naming a UID,
+        `ImagingStudy?patient=…&_id=<id>` for one naming a FHIR id; still guarded like every study.
+        """
+        have: set[str] = set()
+        for _, raw in studies:
+            have.add(str(raw.get("id")))
+            have.update(_strip_oid(str(i.get("value"))) for i in _list(raw.get("identifier"))
+                        if isinstance(i, dict) and i.get("system") == DICOM_UID)
+        found: list[tuple[str | None, dict[str, Any]]] = []
+        for item in self.ctx.fhir_context[:5]:
+            rtype, _, rid = item.partition("/")
+            if rtype != "ImagingStudy" or rid in have:
+                continue
+            wanted = {"identifier": f"urn:oid:{rid}"} if is_dicom_uid(rid) else {"_id": rid}
+            params = {"patient": patient_id, **wanted, "_include": ["ImagingStudy:endpoint"]}
+            try:
+                found += list(self._search("ImagingStudy", [params], deadline, part, included))
+            except ArchiveError as exc:
+                log.info("archive %s: fhirContext study lookup failed (%s)", self.config.id, exc.code)
+        return found
 
     def subject_of(self, res: Any, deadline: Deadline) -> Subject:
         """Whose record `res` (a parsed resource with `subject`) is, as the wrong-patient guard reads it."""
