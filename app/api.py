@@ -11,7 +11,8 @@ from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, request, stream_with_context, url_for
 
-from . import imaging_endpoints, priors, reports
+from . import imaging_endpoints, priors
+from . import reports as report_api
 from .archives.base import ArchiveClient, LinkedOrder, LinkedReport, raise_for_status
 from .archives.config import ArchiveConfig, ViewerConfig, discover_archives
 from .errors import AppError, ArchiveError, FhirNotFound, LaunchError
@@ -130,7 +131,7 @@ def _remember_shown(session: SmartSession, studies: list[Study]) -> None:
         archives.update(e.archive_id for e in study.endpoints)
         shown["studies"][study.uid] = sorted(archives)
     store().put(key, shown, current_app.config["SESSION_TTL_S"])
-    reports.remember(session, studies)
+    report_api.remember(session, studies)
     imaging_endpoints.remember(session.id, studies)
 
 
@@ -275,6 +276,8 @@ def stream() -> Response:
                     current_uid = current.uid
                 if found:
                     _remember_shown(session, found)
+                # A report linked across archives (by accession) reaches a study another archive brought.
+                report_api.remember(session, (merged[uid] for uid in changed if uid in merged))
                 # One write per archive: two small writes in a row meet Nagle's algorithm and the
                 # browser's delayed ACK, which held the second event back by 40-200 ms.
                 chunk = _event("archive", status.to_json())
@@ -359,4 +362,4 @@ def record_access() -> Response:
 def init_app(app: Flask) -> None:
     app.extensions["prefetch"] = Prefetcher()
     app.register_blueprint(bp)
-    reports.init_app(app)
+    report_api.init_app(app)

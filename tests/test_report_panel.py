@@ -135,7 +135,7 @@ def test_a_dicom_sr_report_opens_from_a_pacs_only_row(page, demo):
 
 
 def test_every_report_of_the_demo_patients_opens_in_full(page, demo):
-    for patient in ("pat-faye", "pat-ben"):
+    for patient in ("pat-faye", "pat-ben", "pat-amy"):  # Amy: a report joined to a PACS study by accession
         timeline(page, demo, patient)
         controls = page.locator('[data-action="open-report"]')
         assert controls.count() >= 1
