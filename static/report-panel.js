@@ -263,7 +263,11 @@ async function load(panel, archive, id) {
 }
 
 function controlIn(row) {
-  return row ? row.querySelector('[data-action="open-report"]') : null;
+  if (!row) return null;
+  const [archive, ...rest] = (state.key || '').split('/');
+  const id = rest.join('/');
+  const controls = [...row.querySelectorAll('[data-action="open-report"]')];
+  return controls.find((c) => c.dataset.archive === archive && c.dataset.reportId === id) || controls[0] || null;
 }
 
 function rowOf(uid) {
@@ -274,12 +278,12 @@ function close(returnFocus) {
   const panel = state.panel;
   if (!panel) return;
   const row = rowOf(state.uid);
+  const control = controlIn(row);
   state.panel = null;
   state.uid = null;
   state.key = null;
   panel.remove();
   if (row) row.classList.remove('has-report-open');
-  const control = controlIn(row);
   if (control) {
     control.setAttribute('aria-expanded', 'false');
     control.removeAttribute('aria-controls');

@@ -685,6 +685,17 @@
       open.dataset.reportId = str(report.id);
       open.setAttribute('aria-expanded', 'false');
       rep.append(open);
+      // The same study's report from another archive (an outside copy, a PACS SR) opens on its own.
+      for (const other of Array.isArray(view.reports) ? view.reports : []) {
+        if (!other || other === report || (other.source === report.source && other.id === report.id)) continue;
+        const also = el('button', 'link-button open-report', `Report from ${archiveName(str(other.source))}`);
+        also.type = 'button';
+        also.dataset.action = 'open-report';
+        also.dataset.archive = str(other.source);
+        also.dataset.reportId = str(other.id);
+        also.setAttribute('aria-expanded', 'false');
+        rep.append(also);
+      }
     } else if (config.reportsGranted === false) {
       // The EHR granted no DiagnosticReport access: say nothing per row (the header says why).
     } else {

@@ -156,3 +156,17 @@ def test_images_held_elsewhere_say_why_and_shared_studies_get_a_viewer(page, dem
     # Shared into the PACS under the outside identity: the outside ImagingStudy.endpoint names the PACS.
     shared = row(page, "amy-osh-ct-head")
     assert shared.locator('a[data-kind="ohif"][data-archive="pacs"]').count() == 1
+
+
+def test_a_second_archives_report_of_the_same_study_opens_on_its_own(page, demo):
+    timeline(page, demo, "pat-ben")
+    controls = row(page, "ben-osh-ct-chest").locator('[data-action="open-report"]')
+    assert controls.count() == 2
+    second = controls.nth(1)
+    assert second.text_content() == "Report from Outside Imaging Center"
+    second.click()
+    panel = page.locator("[data-report-panel]")
+    panel.locator(".report-body[aria-busy='false']").wait_for(timeout=15_000)
+    assert panel.get_attribute("data-report-id") == "osh-dr-ben-osh-ct-chest"
+    page.keyboard.press("Escape")
+    assert page.evaluate("document.activeElement.dataset.reportId") == "osh-dr-ben-osh-ct-chest"

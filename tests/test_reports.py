@@ -130,6 +130,21 @@ def test_an_amended_report_shows_its_addendum(demo):
     assert "Complete tear of the anterior cruciate ligament." in body["text"]
 
 
+@pytest.mark.parametrize(("patient", "key"), [
+    ("pat-ben", "ben-osh-ct-chest"),  # the outside facility, Backend Services token, subject by identifier
+    ("pat-dev", "dev-osh-nm-bone"),  # the same, the patient linked through the PIXm manager
+])
+def test_an_outside_facilitys_report_is_read_with_its_own_credentials(demo, patient, key):
+    _, browser = launch(demo, patient, embedded="1")
+    listing = {s["uid"]: s for s in studies(demo, browser)["studies"]}
+    report = next(r for r in listing[study_uid(key)]["reports"] if r["source"] == "outside")
+    body = open_report(demo, browser, report).json()
+    assert body["id"] == f"osh-dr-{key}"
+    assert "IMPRESSION:" in body["text"]
+    assert body["sources"][0] == {"archive": "outside", "name": "Outside Imaging Center",
+                                  "what": f"DiagnosticReport/osh-dr-{key}"}
+
+
 def test_a_dicom_sr_in_the_pacs_is_read_by_wado_rs(demo, faye):
     browser, listing = faye
     report = report_of(listing, "faye-ct-chest", kind="dicom")
