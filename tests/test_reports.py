@@ -264,3 +264,18 @@ def test_binary_is_asked_for_with_the_attachments_content_type_and_never_elsewhe
     assert view.html == "<h2>Findings</h2><p>Clear.</p>"
     assert other_host.log == []
     assert any("held at another server" in s.what for s in view.sources)
+
+
+# --- images for every study that has them ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("patient", ["pat-amy", "pat-ben", "pat-carla", "pat-dev", "pat-elena", "pat-faye"])
+def test_every_study_a_configured_archive_holds_has_a_viewer_link_else_a_reason(demo, patient):
+    _, browser = launch(demo, patient, embedded="1")
+    for view in studies(demo, browser)["studies"]:
+        holders = set(view["sources"]) | {e["archive_id"] for e in view["endpoints"]}
+        if "pacs" in holders:  # the demo's one archive with a viewer
+            assert [v["archive"] for v in view["viewers"]] == ["pacs"], view["description"]
+            assert view["images_note"] is None
+        else:
+            assert view["viewers"] == [] and view["images_note"], view["description"]
