@@ -130,13 +130,19 @@ def practitioner_resource() -> dict[str, Any]:
                       "text": "Dr. Jane Radiant"}]}
 
 
-def endpoint_resource(eid: str, name: str, address: str) -> dict[str, Any]:
-    return {
+REQUIRES_ACCESS_TOKEN = "http://fhir.org/argonaut/smart-imaging/StructureDefinition/requires-access-token"
+
+
+def endpoint_resource(eid: str, name: str, address: str, requires_token: bool | None = None) -> dict[str, Any]:
+    res: dict[str, Any] = {
         "resourceType": "Endpoint", "id": eid, "status": "active", "name": name,
         "connectionType": {"system": "http://terminology.hl7.org/CodeSystem/endpoint-connection-type",
                            "code": "dicom-wado-rs"},
         "payloadType": [{"text": "DICOM"}], "payloadMimeType": ["application/dicom"], "address": address,
     }
+    if requires_token is not None:  # SMART Imaging Access (Argonaut draft) Endpoint extension
+        res["extension"] = [{"url": REQUIRES_ACCESS_TOKEN, "valueBoolean": requires_token}]
+    return res
 
 
 def imaging_study_resource(study: SandboxStudy, *, outside: bool) -> dict[str, Any]:
@@ -303,7 +309,8 @@ def build_ehr(data: SandboxData, *, validate: bool = True) -> ResourceIndex:
     """The EHR FHIR server: patients, studies, reports, orders, encounters, one Endpoint."""
     index = ResourceIndex()
     index.add(practitioner_resource())
-    index.add(endpoint_resource(EHR_PACS_ENDPOINT, "Sandbox PACS (DICOMweb)", DICOMWEB_PLACEHOLDER))
+    # The EHR's own PACS endpoint, on the EHR's origin, reached with the clinician's token.
+    index.add(endpoint_resource(EHR_PACS_ENDPOINT, "Sandbox PACS (DICOMweb)", DICOMWEB_PLACEHOLDER, True))
     for p in data.patients:
         index.add(patient_resource(p), p.id)
         if p.encounter_id:

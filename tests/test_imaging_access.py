@@ -11,6 +11,7 @@ import pytest
 from werkzeug import Response
 
 from app.archives.auth import AuthFactory, NoAuth
+from app.archives.config import ArchiveConfig
 from app.errors import ArchiveAuthError
 from app.http import Deadline
 from app.imaging_endpoints import REQUIRES_ACCESS_TOKEN, archive_config, endpoint_id
@@ -125,3 +126,38 @@ def test_a_fhir_context_given_by_dicom_identifier_names_the_study_by_uid():
     assert _fhir_context([{"type": "ImagingStudy", "identifier": {"system": "urn:dicom:uid",
                                                                   "value": "urn:oid:1.2.840.99"}},
                           {"reference": "ServiceRequest/sr-1"}]) == ("ImagingStudy/1.2.840.99", "ServiceRequest/sr-1")
+
+
+# --- end to end: the demo without a configured PACS, so only the EHR's Endpoint leads to the images ----
+
+
+class HeaderLog:
+    """WSGI wrapper: the Authorization header of each request to the sandbox's DICOMweb archive."""
+
+    def __init__(self, app) -> None:
+        self.app, self.seen = app, []
+
+    def __call__(self, environ, start_response):
+        if environ.get("PATH_INFO", "").startswith("/sandbox/dicomweb/"):
+            self.seen.append(environ.get("HTTP_AUTHORIZATION"))
+        return self.app(environ, start_response)
+
+
+def test_a_thumbnail_from_an_endpoint_that_requires_the_token_is_fetched_with_it(tmp_path):
+    from app.archives.config import AuthConfig
+    from sandbox.data import MRN_SYSTEM
+    from tests.test_demo_flow import demo_server, launch, studies
+
+    ehr_only = (ArchiveConfig(id="ehr", name="Sandbox Hospital (EHR)", kind="fhir", base_url="ehr",
+                              auth=AuthConfig(kind="ehr"), identifier_system=MRN_SYSTEM),)
+    with demo_server(tmp_path, app_options={"ARCHIVES": ehr_only}) as demo:
+        log = HeaderLog(demo.server.app)
+        demo.server.app = log
+        _, browser = launch(demo, "pat-amy", embedded="1")
+        view = next(s for s in studies(demo, browser)["studies"] if s["thumbnail"])
+        (endpoint,) = view["endpoints"]
+        assert endpoint["token"] is True and endpoint["archive_id"].startswith("endpoint-")
+        assert view["images_note"] == "Images are at Sandbox PACS (DICOMweb), for which no viewer is configured."
+        resp = browser.get(demo.base_url + view["thumbnail"], timeout=30)
+        assert resp.status_code == 200 and resp.headers["Content-Type"] in {"image/jpeg", "image/png"}
+        assert log.seen and all(h and h.startswith("Bearer ") for h in log.seen)
