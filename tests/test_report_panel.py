@@ -172,3 +172,14 @@ def test_a_second_archives_report_of_the_same_study_opens_on_its_own(page, demo)
     assert panel.get_attribute("data-report-id") == "osh-dr-ben-osh-ct-chest"
     page.keyboard.press("Escape")
     assert page.evaluate("document.activeElement.dataset.reportId") == "osh-dr-ben-osh-ct-chest"
+
+
+def test_printing_shows_the_open_report_alone(page, demo):
+    timeline(page, demo, "pat-faye")
+    panel = open_by_click(page, "faye-xr-chest")
+    page.evaluate("document.body.classList.add('printing-report')")  # what the Print button sets
+    page.emulate_media(media="print")
+    assert panel.is_visible()
+    assert panel.locator(".report-tools").is_hidden()
+    assert row(page, "faye-ct-abdpel").is_hidden()
+    assert page.locator("#filters").is_hidden()
