@@ -279,3 +279,21 @@ def test_every_study_a_configured_archive_holds_has_a_viewer_link_else_a_reason(
             assert view["images_note"] is None
         else:
             assert view["viewers"] == [] and view["images_note"], view["description"]
+
+
+def test_a_corrected_report_shows_the_earlier_text_as_such(httpserver):
+    import base64
+
+    def form(title: str, text: str) -> dict:
+        return {"contentType": "text/plain", "title": title, "data": base64.b64encode(text.encode()).decode()}
+
+    httpserver.expect_request("/fhir/DiagnosticReport/dr-1").respond_with_json(
+        {"resourceType": "DiagnosticReport", "id": "dr-1", "status": "corrected",
+         "subject": {"reference": "Patient/jane"}, "code": {"text": "XR wrist"},
+         "presentedForm": [form("Report", "IMPRESSION: Distal radius fracture, left."),
+                           form("Original report", "IMPRESSION: Distal radius fracture, right.")]})
+    view = reader(httpserver).read("dr-1", Deadline.after(5), only_jane).view
+    assert view.status == "corrected"
+    assert view.text == "IMPRESSION: Distal radius fracture, left."
+    assert [(a.kind, a.title, a.text) for a in view.addenda] == [
+        ("earlier", "Original report", "IMPRESSION: Distal radius fracture, right.")]

@@ -120,7 +120,12 @@ class DicomReportReader:
         body = self.client.json(answer, empty=[])
         uids = []
         for item in body if isinstance(body, list) else []:
-            value = ((item.get("0020000E") or {}).get("Value") or [None])[0] if isinstance(item, dict) else None
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    value = Dataset.from_json(item).get("SeriesInstanceUID") if isinstance(item, dict) else None
+            except (ValueError, TypeError, KeyError, AttributeError):
+                continue
             if isinstance(value, str) and is_dicom_uid(value):
                 uids.append(value)
         return uids
