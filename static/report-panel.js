@@ -160,6 +160,8 @@ function renderReport(panel, data) {
   fact(meta, 'Signed', when(data.issued));
   fact(meta, 'Reason for exam', str(data.reason));
   fact(meta, 'Comparison', str(data.comparison));
+  const codes = Array.isArray(data.codes) ? data.codes.map(str).filter(Boolean) : [];
+  fact(meta, 'Coded result', codes.join(', '));
   frag.append(meta);
 
   const content = el('div', 'report-content');

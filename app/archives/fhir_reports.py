@@ -16,6 +16,7 @@ import binascii
 import logging
 import re
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import date, datetime
 from typing import Any
 from urllib.parse import urljoin
@@ -259,10 +260,20 @@ class FhirReportReader:
         view.title = _text(res.code) if res.code else None
         view.codes = [t for t in (_text(c) for c in res.conclusionCode or []) if t]
         view.author = self._who(res.resultsInterpreter or [], deadline) or self._who(res.performer or [], deadline)
-        rendered = self._forms(list(res.presentedForm or []), view, deadline, view.issued)
+        # The order's reason is read while the report's attachments are (one round trip, not two).
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="report") as pool:
+            reasons = pool.submit(self._reasons, list(res.basedOn or []), deadline, verify)
+            rendered = self._forms(list(res.presentedForm or []), view, deadline, view.issued)
+            texts, notes = reasons.result()
         self._apply(view, rendered, res.conclusion)
-        reasons: list[str] = []
-        for ref in (res.basedOn or [])[:MAX_ORDERS]:
+        view.reason = "; ".join(dict.fromkeys(texts)) or None
+        view.sources += notes
+
+    def _reasons(self, based_on: list[Any], deadline: Deadline, verify: Verify) -> tuple[list[str], list[SourceNote]]:
+        """Reason for exam from `basedOn` ServiceRequests of the same patient (reasonCode, reasonReference)."""
+        texts: list[str] = []
+        notes: list[SourceNote] = []
+        for ref in based_on[:MAX_ORDERS]:
             raw = self._optional(ref.reference or "", "ServiceRequest", deadline) if ref.reference else None
             if raw is None:
                 continue
@@ -270,19 +281,19 @@ class FhirReportReader:
             if not verify(self.subject_of(order, deadline)):
                 log.warning("archive %s: an order of another patient behind a report was ignored", self.archive_id)
                 continue
-            reasons += [t for t in (_text(c) for c in order.reasonCode or []) if t]
-            reasons += [r.display for r in order.reasonReference or [] if r.display]
-            view.sources.append(SourceNote(self.archive_id, self.name, f"ServiceRequest/{order.id}"))
-        view.reason = "; ".join(dict.fromkeys(reasons)) or None
+            texts += [t for t in (_text(c) for c in order.reasonCode or []) if t]
+            texts += [r.display for r in order.reasonReference or [] if r.display]
+            notes.append(SourceNote(self.archive_id, self.name, f"ServiceRequest/{order.id}"))
+        return texts, notes
 
     def _document(self, res: DocumentReference, view: ReportView, deadline: Deadline) -> None:
         view.status = res.docStatus or ("final" if res.status == "current" else res.status or "unknown")
         view.issued = res.date.datetime if res.date else None
-        view.title = res.description or (_text(res.type) if res.type else None)
+        view.title = (_text(res.type) if res.type else None) or res.description
         signer = [res.authenticator] if res.authenticator else []
         view.author = self._who(signer, deadline) or self._who(res.author or [], deadline)
         attachments = [c.attachment for c in res.content or [] if c.attachment]
-        self._apply(view, self._forms(attachments, view, deadline, view.issued), None)
+        self._apply(view, self._forms(attachments, view, deadline, view.issued), res.description)
 
     def _who(self, refs: list[Any], deadline: Deadline) -> str | None:
         names = []
