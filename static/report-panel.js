@@ -110,19 +110,19 @@ function htmlBody(html) {
 
 // --- the panel -----------------------------------------------------------------------------------
 
-function buildShell(control, uid) {
-  state.seq += 1;
+/** The panel's shell: templates/_report_panel.html when the page has it, else the same built here. */
+function shellFromTemplate() {
+  const tpl = document.getElementById('tpl-report-panel');
+  const node = tpl && tpl.content.firstElementChild;
+  return node ? node.cloneNode(true) : null;
+}
+
+function builtShell() {
   const panel = el('section', 'report-panel');
-  panel.id = `report-panel-${state.seq}`;
   panel.dataset.reportPanel = '';
-  panel.dataset.reportId = control.dataset.reportId;
-  panel.dataset.archive = control.dataset.archive;
-  panel.dataset.uid = uid;
   panel.setAttribute('role', 'region');
   const heading = el('h3', 'report-title', 'Report');
-  heading.id = `${panel.id}-title`;
   heading.tabIndex = -1;
-  panel.setAttribute('aria-labelledby', heading.id);
   const tools = el('div', 'report-tools');
   const print = el('button', 'btn btn-quiet report-print', 'Print');
   print.type = 'button';
@@ -139,6 +139,19 @@ function buildShell(control, uid) {
   body.setAttribute('aria-busy', 'true');
   body.append(el('p', 'report-loading', 'Loading the report…'));
   panel.append(head, body);
+  return panel;
+}
+
+function buildShell(control, uid) {
+  state.seq += 1;
+  const panel = shellFromTemplate() || builtShell();
+  panel.id = `report-panel-${state.seq}`;
+  panel.dataset.reportId = control.dataset.reportId;
+  panel.dataset.archive = control.dataset.archive;
+  panel.dataset.uid = uid;
+  const heading = panel.querySelector('.report-title');
+  heading.id = `${panel.id}-title`;
+  panel.setAttribute('aria-labelledby', heading.id);
   return panel;
 }
 
