@@ -170,7 +170,9 @@ def main() -> None:
         "",
         "Click to text: from the click on \"Read full report\" to the panel holding the text, timed in the page. "
         "Archive alone: the same archive requests the app made for that report, replayed in order over plain "
-        "HTTP (same URL, Accept, Authorization) right after each open, summed.",
+        "HTTP (same URL, Accept, Authorization) right after each open, summed. A ratio under 1 means the app "
+        "overlapped requests that the replay runs one after another (an order's reason read while the report's "
+        "Binary is; the SR and DOC series queries together). p90 on this shared 2-CPU machine is noisy.",
         "",
         table(header, rows),
         "",

@@ -18,6 +18,7 @@ import email
 import email.message
 import logging
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from io import BytesIO
 from typing import Any
@@ -74,12 +75,12 @@ class DicomReportReader:
     def read(self, study_uid: str, deadline: Deadline, verify: Any) -> FetchedReport:
         if not is_dicom_uid(study_uid):
             raise ReportNotFound(f'"{study_uid[:80]}" is not a StudyInstanceUID.')
-        series = []
-        for modality in REPORT_MODALITIES:
-            series += [s for s in self._qido(f"{self.base}/studies/{study_uid}/series",
-                                             [("Modality", modality), ("includefield", "SeriesInstanceUID")],
-                                             deadline)
-                       if s not in series]
+        # One series query per modality (a list match "SR\\DOC" is not supported everywhere), at once.
+        with ThreadPoolExecutor(max_workers=len(REPORT_MODALITIES), thread_name_prefix="report-qido") as pool:
+            found = pool.map(lambda m: self._qido(f"{self.base}/studies/{study_uid}/series",
+                                                  [("Modality", m), ("includefield", "SeriesInstanceUID")], deadline),
+                             REPORT_MODALITIES)
+            series = list(dict.fromkeys(uid for uids in found for uid in uids))
         if not series:
             raise ReportNotFound(f"{self.name} holds no report document (SR or PDF) for this study.")
         datasets: list[Dataset] = []
