@@ -34,7 +34,7 @@ ALLOWED_TAGS = {"p", "br", "div", "span", "h1", "h2", "h3", "h4", "h5", "h6", "u
 ALLOWED_ATTRIBUTES = {"a": {"href", "title"}, "th": {"colspan", "rowspan", "scope"}, "td": {"colspan", "rowspan"},
                       "abbr": {"title"}}
 DROP_CONTENT = {"script", "style", "iframe", "object", "embed", "noscript", "template", "textarea", "select",
-                "title", "svg", "math"}
+                "title", "svg", "math", "button"}
 URL_SCHEMES = {"http", "https", "mailto"}
 BLOCK = {"p", "div", "br", "li", "tr", "h1", "h2", "h3", "h4", "h5", "h6", "pre", "blockquote", "hr", "dt", "dd",
          "table", "caption", "ul", "ol", "dl"}

@@ -53,13 +53,16 @@ function when(value) {
 }
 
 function httpLink(value) {
+  // Only an absolute http(s) URL: an empty or relative href would resolve to this app's own pages.
+  if (!/^https?:\/\//i.test(str(value).trim())) return null;
   try {
-    const url = new URL(str(value), window.location.href);
+    const url = new URL(str(value).trim());
     return ['http:', 'https:'].includes(url.protocol) ? url.href : null;
   } catch { return null; }
 }
 
 function sameOriginLink(value) {
+  if (!str(value)) return null;
   try {
     const url = new URL(str(value), window.location.href);
     return url.origin === window.location.origin ? url.href : null;
@@ -80,16 +83,15 @@ function importNodes(source, into, depth = 0) {
       continue;
     }
     if (child.nodeType !== Node.ELEMENT_NODE || DROP.has(child.tagName)) continue;
-    const tag = HEADING[child.tagName] || (ALLOWED.has(child.tagName) ? child.tagName.toLowerCase() : null);
+    let tag = HEADING[child.tagName] || (ALLOWED.has(child.tagName) ? child.tagName.toLowerCase() : null);
     if (!tag) { importNodes(child, into, depth + 1); continue; } // unwrap an unknown element, keep its text
+    const href = tag === 'a' ? httpLink(child.getAttribute('href')) : null;
+    if (tag === 'a' && !href) tag = 'span'; // a link that went nowhere safe is just its text
     const copy = document.createElement(tag);
-    if (tag === 'a') {
-      const href = httpLink(child.getAttribute('href'));
-      if (href) {
-        copy.href = href;
-        copy.target = '_blank';
-        copy.rel = 'noopener noreferrer';
-      }
+    if (href) {
+      copy.href = href;
+      copy.target = '_blank';
+      copy.rel = 'noopener noreferrer';
     }
     for (const name of ['colspan', 'rowspan']) {
       const value = child.getAttribute(name);

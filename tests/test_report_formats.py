@@ -17,7 +17,7 @@ from app.report_view import Section
     ('<img src="https://x.invalid/pixel.png"><p>ok</p>', "<p>ok</p>"),
     ('<a href="javascript:steal()">ok</a>', '<a rel="noopener noreferrer">ok</a>'),
     ('<a href="https://ex.org/p">ok</a>', '<a href="https://ex.org/p" rel="noopener noreferrer">ok</a>'),
-    ('<form action="https://x.invalid/"><input name="q"><button>Go</button></form>', "Go"),
+    ('<form action="https://x.invalid/"><input name="q"><button>Go</button>Text</form>', "Text"),
     ('<svg onload="steal()"><circle/></svg><p>ok</p>', "<p>ok</p>"),
     ('<!-- secret --><p>ok</p>', "<p>ok</p>"),
 ])

@@ -246,7 +246,7 @@ class FhirReportReader:
         view.impression = conclusion or None
         if chosen is not None:
             view.text, view.sections = chosen.text, list(chosen.sections)
-            if conclusion and " ".join(conclusion.split()) not in " ".join(view.text.split()):
+            if conclusion and not _covered(conclusion, [view.text, *(a.text for a in view.addenda)]):
                 view.text += f"\n\nConclusion: {conclusion}"
                 view.sections.append(Section("Conclusion", conclusion))
         elif conclusion:
@@ -305,6 +305,13 @@ class FhirReportReader:
                 if raw is not None and (name := human_name(Practitioner(raw, strict=False))):
                     names.append(name)
         return ", ".join(names) or None
+
+
+def _covered(conclusion: str, texts: list[str]) -> bool:
+    """Whether every sentence of the conclusion is already in the report's text or addenda (case and spacing aside)."""
+    have = " ".join(" ".join(texts).lower().split())
+    parts = re.split(r"[.;]\s*", re.sub(r"\baddendum:\s*", "", conclusion.lower()))
+    return all(" ".join(p.split()) in have for p in parts if len(p.strip()) > 3)
 
 
 def _b64(data: str) -> bytes:
