@@ -656,7 +656,8 @@
     const rep = el('div', 'study-report');
     if (report) {
       const status = str(report.status).toLowerCase();
-      rep.append(el('span', `tag tag-report ${FINAL.has(status) ? 'is-final' : 'is-pending'}`,
+      const tone = FINAL.has(status) ? 'is-final' : (status === 'available' ? 'is-stored' : 'is-pending');
+      rep.append(el('span', `tag tag-report ${tone}`,
         REPORT_TEXT[status] || `Report: ${status || 'unknown'}`));
       if (report.critical) rep.append(el('span', 'tag tag-critical', 'Critical'));
       else if (report.abnormal) rep.append(el('span', 'tag tag-abnormal', 'Abnormal'));
