@@ -11,7 +11,8 @@ from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, request, stream_with_context, url_for
 
-from . import priors
+from . import imaging_endpoints, priors
+from . import reports as report_api
 from .archives.base import ArchiveClient, LinkedOrder, LinkedReport, raise_for_status
 from .archives.config import ArchiveConfig, ViewerConfig, discover_archives
 from .errors import AppError, ArchiveError, FhirNotFound, LaunchError
@@ -22,7 +23,7 @@ from .models import ArchiveStatus, Study
 from .prefetch import Prefetcher
 from .session import SmartSession, current_session
 from .session_store import store
-from .viewers import is_dicom_uid, viewer_links
+from .viewers import images_note, is_dicom_uid, viewer_links
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("app.access")
@@ -82,6 +83,8 @@ def study_view(study: Study, session: SmartSession, archives: dict[str, ArchiveC
     view["attention"] = priors.attention(study)
     viewers = {aid: _viewer_table(a, a.viewer) for aid, a in archives.items() if a.viewer is not None}
     view["viewers"] = viewer_links(study, viewers, patient_id=None)
+    view["images_note"] = images_note(study, view["viewers"], {aid: a.name for aid, a in archives.items()},
+                                      set(viewers))
     view["thumbnail"] = _thumbnail_url(study, archives)
     view["current"] = study.uid == current_uid
     view["source_names"] = [archives[s].name if s in archives else s for s in study.sources]
@@ -105,6 +108,9 @@ def _thumbnail_source(study: Study, archives: dict[str, ArchiveConfig]) -> str |
     for endpoint in study.endpoints:
         if endpoint.archive_id in archives and archives[endpoint.archive_id].kind == "dicomweb":
             return endpoint.archive_id
+    for endpoint in study.endpoints:
+        if endpoint.token is not None:  # SMART Imaging Access endpoint (app/imaging_endpoints.py)
+            return endpoint.archive_id
     return None
 
 
@@ -125,6 +131,8 @@ def _remember_shown(session: SmartSession, studies: list[Study]) -> None:
         archives.update(e.archive_id for e in study.endpoints)
         shown["studies"][study.uid] = sorted(archives)
     store().put(key, shown, current_app.config["SESSION_TTL_S"])
+    report_api.remember(session, studies)
+    imaging_endpoints.remember(session.id, studies)
 
 
 def _was_shown(session: SmartSession, uid: str, archive_id: str) -> bool:
@@ -283,6 +291,8 @@ def stream() -> Response:
                     current_uid = current.uid
                 if found:
                     _remember_shown(session, found)
+                # A report linked across archives (by accession) reaches a study another archive brought.
+                report_api.remember(session, (merged[uid] for uid in changed if uid in merged))
                 # One write per archive: two small writes in a row meet Nagle's algorithm and the
                 # browser's delayed ACK, which held the second event back by 40-200 ms.
                 chunk = _event("archive", status.to_json())
@@ -307,7 +317,7 @@ def thumbnail(archive_id: str, uid: str) -> Response:
     session = _session()
     if not is_dicom_uid(uid) or not _was_shown(session, uid, archive_id):
         raise FhirNotFound("No such study in this patient's timeline.")
-    archive = archives_for(session).get(archive_id)
+    archive = archives_for(session).get(archive_id) or imaging_endpoints.lookup(session.id, archive_id)
     if archive is None or archive.kind != "dicomweb":
         raise FhirNotFound("No such archive.")
     fed = federation()
@@ -367,3 +377,4 @@ def record_access() -> Response:
 def init_app(app: Flask) -> None:
     app.extensions["prefetch"] = Prefetcher(store=app.extensions.get("session_store"))
     app.register_blueprint(bp)
+    report_api.init_app(app)

@@ -194,6 +194,37 @@ class ResponseTooLarge(AppError):
     code = "response-too-large"
 
 
+# --- Reports (the report panel: app/reports.py) ---------------------------------------------------
+
+
+class ReportNotFound(AppError):
+    """No such report for this launch: unknown archive, a report never shown, or gone from the archive."""
+
+    status = 404
+    title = "Report not found"
+    code = "report-not-found"
+
+
+class ReportWrongPatient(AppError):
+    """The archive's report (or its answer) names another patient: it is withheld, never shown."""
+
+    status = 403
+    title = "This report is not this patient's"
+    code = "report-wrong-patient"
+
+
+class ReportUnavailable(AppError):
+    """The archive holding the report failed or is busy; `retry_after_s` when it said how long to wait."""
+
+    status = 503
+    title = "The report could not be fetched"
+    code = "report-unavailable"
+
+    def __init__(self, message: str, *, retry_after_s: int | None = None, log_detail: str | None = None) -> None:
+        super().__init__(message, log_detail=log_detail)
+        self.retry_after_s = retry_after_s
+
+
 def _wants_json() -> bool:
     if request.path.startswith("/api/") or request.path in ("/health", "/ready"):
         return True

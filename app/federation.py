@@ -115,6 +115,7 @@ def merge_studies(studies: Iterable[Study]) -> list[Study]:
         _union(have.orders, copy.deepcopy(study.orders), key=lambda o: (o.source, o.id))
         _union(have.endpoints, study.endpoints)
         _union(have.ids, study.ids)
+        _union(have.elsewhere, study.elsewhere)
         have.matched_ids.update(study.matched_ids)
     return newest_first(merged.values())
 
@@ -127,18 +128,29 @@ def link(studies: Iterable[Study], reports: Iterable[LinkedReport], orders: Iter
     """
     by_uid: dict[str, Study] = {}
     by_accession: dict[str, list[Study]] = {}
+    by_day: dict[tuple[Any, str], list[Study]] = {}
     for study in studies:
         by_uid[study.uid] = study
         if study.accession:
             by_accession.setdefault(study.accession, []).append(study)
+        if study.started:
+            for modality in study.modalities:
+                by_day.setdefault((study.started.date(), modality), []).append(study)
     changed: set[str] = set()
 
     def targets(uids: Iterable[str], accession: str | None) -> list[Study]:
         found = [by_uid[u] for u in uids if u in by_uid]
         return found + [s for s in by_accession.get(accession or "", []) if all(s is not f for f in found)]
 
+    def same_day(report: LinkedReport) -> list[Study]:
+        # Only for a note with no reference and no accession, and only when exactly one study matches.
+        if report.study_refs or report.accession or report.day is None:
+            return []
+        found = {s.uid: s for m in report.modalities for s in by_day.get((report.day, m), [])}
+        return list(found.values()) if len(found) == 1 else []
+
     for linked_report in reports:
-        for study in targets(linked_report.study_uids, linked_report.accession):
+        for study in targets(linked_report.study_uids, linked_report.accession) or same_day(linked_report):
             before = len(study.reports)
             _union(study.reports, [linked_report.report], key=lambda r: (r.source, r.id))
             if len(study.reports) != before:

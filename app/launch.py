@@ -236,10 +236,18 @@ def _web_url(value: Any) -> bool:
 
 
 def _fhir_context(value: Any) -> tuple[str, ...]:
-    """SMART 2.0 `fhirContext`: a list of {"reference": ...} (2.0 also allowed plain strings)."""
+    """SMART 2.0 `fhirContext`: a list of {"reference": ...} (2.0 also allowed plain strings).
+
+    SMART 2.1 also allows `{"type": "ImagingStudy", "identifier": {"system": "urn:dicom:uid",
+    "value": "urn:oid:<UID>"}}`: kept as `ImagingStudy/<UID>` (the timeline matches it by UID).
+    """
     refs = []
     for item in value if isinstance(value, list) else ():
         ref = item.get("reference") if isinstance(item, dict) else item
+        ident = item.get("identifier") if isinstance(item, dict) else None
+        if ref is None and item.get("type") == "ImagingStudy" and isinstance(ident, dict) \
+                and ident.get("system") == "urn:dicom:uid" and isinstance(ident.get("value"), str):
+            ref = "ImagingStudy/" + ident["value"].removeprefix("urn:oid:")
         if isinstance(ref, str) and re.fullmatch(r"[A-Za-z]+/[A-Za-z0-9\-.]{1,64}", ref):
             refs.append(ref)
     return tuple(refs)

@@ -93,6 +93,9 @@ class Report:
     abnormal: bool = False  # an abnormal interpretation or conclusion code
     critical: bool = False  # a critical result flag
     source: str | None = None  # archive id
+    # What /api/reports/<source>/<id> reads: "DiagnosticReport", "DocumentReference" (id prefixed
+    # "DocumentReference:"), or "dicom" (id = StudyInstanceUID: the study's SR / Encapsulated PDF).
+    kind: str = "DiagnosticReport"
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +116,11 @@ class StudyEndpoint:
 
     archive_id: str
     address: str  # DICOMweb base URL
+    # SMART Imaging Access `requires-access-token` on an Endpoint outside every configured archive:
+    # True = the clinician's token (EHR origin only), False = a capability URL (no token); None =
+    # the endpoint lies under a configured archive, whose own credentials apply.
+    token: bool | None = None
+    name: str | None = None
 
 
 @dataclass(slots=True)
@@ -136,6 +144,8 @@ class Study:
     endpoints: list[StudyEndpoint] = field(default_factory=list)
     badges: list[str] = field(default_factory=list)  # e.g. "identity: name differs"
     ids: list[str] = field(default_factory=list)  # the launching EHR's ImagingStudy ids (for fhirContext)
+    # Where images are held that no configured archive can show (ImagingStudy.endpoint names elsewhere).
+    elsewhere: list[str] = field(default_factory=list)
     # The identifier each source matched on: {archive_id: Identifier}
     matched_ids: dict[str, Identifier] = field(default_factory=dict)
 

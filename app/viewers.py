@@ -132,6 +132,24 @@ def viewer_link(study: Study, archive_id: str, viewer: Mapping[str, Any] | Any, 
     return link
 
 
+def images_note(study: Study, links: list[dict[str, Any]], names: Mapping[str, str],
+                with_viewer: set[str]) -> str | None:
+    """Why a study has no viewer link, in words a clinician understands; None when it has one."""
+    if links:
+        return None
+    if study.elsewhere:
+        return f"Images are held at {' and '.join(study.elsewhere[:2])}, which is not connected."
+    direct = next((e for e in study.endpoints if e.token is not None), None)
+    if direct is not None:
+        return f"Images are at {direct.name or 'an image endpoint'}, for which no viewer is configured."
+    holders = [a for a in dict.fromkeys([*study.sources, *(e.archive_id for e in study.endpoints)])
+               if a in names and a not in with_viewer]
+    imaging = [a for a in holders if any(e.archive_id == a for e in study.endpoints)]
+    if imaging:
+        return f"Images are in {names[imaging[0]]}, which has no viewer configured."
+    return "No connected image archive holds this study's images."
+
+
 def viewer_links(study: Study, archive_viewers: Mapping[str, Mapping[str, Any] | Any] | None, *,
                  patient_id: str | None, issuer: str | None = None) -> list[dict[str, Any]]:
     """Links for every archive holding `study` (in `study.sources` order) that has a viewer.
@@ -143,7 +161,9 @@ def viewer_links(study: Study, archive_viewers: Mapping[str, Mapping[str, Any] |
     `issuer`. A Weasis viewer without `dicomweb_url` uses the study's endpoint in that archive.
     """
     links: list[dict[str, Any]] = []
-    for archive_id in study.sources:
+    # Every configured archive that holds the study: those that returned it, then those its
+    # ImagingStudy.endpoint points at (an EHR-only study, an outside study shared into the PACS).
+    for archive_id in dict.fromkeys([*study.sources, *(e.archive_id for e in study.endpoints)]):
         viewer = (archive_viewers or {}).get(archive_id)
         if viewer is None:
             continue

@@ -13,7 +13,7 @@ AuthMethod = Literal["none", "client_secret_basic", "private_key_jwt"]
 ARCHIVE_IDS = ("ehr", "outside", "dicomweb", "auth")
 FAULTS = ("500", "503", "401", "timeout", "garbage")
 RESOURCE_TYPES = ("Patient", "Practitioner", "Encounter", "ImagingStudy", "DiagnosticReport",
-                  "ServiceRequest", "Endpoint")
+                  "ServiceRequest", "Endpoint", "DocumentReference", "Binary")
 CONTEXT_SCOPES = ("openid", "fhirUser", "profile", "launch", "launch/patient", "launch/encounter",
                   "offline_access", "online_access")
 

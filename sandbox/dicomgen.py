@@ -19,10 +19,12 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import (
     PYDICOM_IMPLEMENTATION_UID,
     UID,
+    BasicTextSRStorage,
     ComputedRadiographyImageStorage,
     CTImageStorage,
     DigitalMammographyXRayImageStorageForPresentation,
     DigitalXRayImageStorageForPresentation,
+    EncapsulatedPDFStorage,
     ExplicitVRLittleEndian,
     MRImageStorage,
     NuclearMedicineImageStorage,
@@ -114,8 +116,87 @@ def _pixels(study: SandboxStudy, series: SandboxSeries, number: int, size: int) 
     return bytes(min(255, a + b) for a, b in zip(img.tobytes(), noise, strict=True))
 
 
+def _code(value: str, scheme: str, meaning: str) -> Dataset:
+    item = Dataset()
+    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = value, scheme, meaning
+    return item
+
+
+def _container(value: str, meaning: str, text_code: tuple[str, str], text: str) -> Dataset:
+    """A CONTAINER holding one TEXT item (PS3.3 C.17.3, TID 2000 Basic Diagnostic Imaging Report)."""
+    leaf = Dataset()
+    leaf.RelationshipType, leaf.ValueType = "CONTAINS", "TEXT"
+    leaf.ConceptNameCodeSequence = [_code(text_code[0], "DCM", text_code[1])]
+    leaf.TextValue = text
+    box = Dataset()
+    box.RelationshipType, box.ValueType, box.ContinuityOfContent = "CONTAINS", "CONTAINER", "SEPARATE"
+    box.ConceptNameCodeSequence = [_code(value, "DCM", meaning)]
+    box.ContentSequence = [leaf]
+    return box
+
+
+def document_dataset(study: SandboxStudy, series: SandboxSeries) -> Dataset:
+    """The study's report in the PACS: a Basic Text SR (series "SR") or an Encapsulated PDF (series "DOC")."""
+    from .report_docs import impression, report_pdf
+
+    report = study.report
+    if report is None:
+        raise ValueError(f"study {study.key} has no report to store in the PACS")
+    sr = series.modality == "SR"
+    sop_class = UID(BasicTextSRStorage if sr else EncapsulatedPDFStorage)
+    ds = Dataset()
+    for elem in study_level_dataset(study):
+        if elem.keyword not in {"ModalitiesInStudy", "NumberOfStudyRelatedSeries", "NumberOfStudyRelatedInstances",
+                                "InstanceAvailability"}:
+            ds.add(copy.deepcopy(elem))
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class
+    meta.MediaStorageSOPInstanceUID = UID(instance_uid(study.key, series.number, 1))
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    ds.file_meta = meta
+    ds.SOPClassUID = sop_class
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.SeriesInstanceUID = series.uid
+    ds.SeriesNumber = series.number
+    ds.SeriesDescription = series.description
+    ds.Modality = series.modality
+    ds.InstanceNumber = 1
+    ds.Manufacturer = "Imaging Timeline Sandbox"
+    ds.ContentDate = _da(report.issued)
+    ds.ContentTime = _tm(report.issued)
+    if sr:
+        ds.CompletionFlag, ds.VerificationFlag = "COMPLETE", "VERIFIED"
+        observer = Dataset()
+        observer.VerifyingObserverName = "RADIANT^JANE^^DR."
+        observer.VerifyingOrganization = study.institution
+        observer.VerificationDateTime = report.issued.strftime("%Y%m%d%H%M%S")
+        observer.VerifyingObserverIdentificationCodeSequence = []
+        ds.VerifyingObserverSequence = [observer]
+        ds.ValueType, ds.ContinuityOfContent = "CONTAINER", "SEPARATE"
+        ds.ConceptNameCodeSequence = [_code("18748-4", "LN", "Diagnostic Imaging Report")]
+        ds.ReferencedPerformedProcedureStepSequence = []
+        ds.PerformedProcedureCodeSequence = []
+        ds.ContentSequence = [
+            _container("121070", "Findings", ("121071", "Finding"), report.findings or ""),
+            _container("121072", "Impressions", ("121073", "Impression"), impression(study)),
+        ]
+    else:
+        pdf = report_pdf(study)
+        ds.DocumentTitle = f"{study.description} report"
+        ds.MIMETypeOfEncapsulatedDocument = "application/pdf"
+        ds.BurnedInAnnotation = "YES"
+        ds.ConceptNameCodeSequence = []
+        ds.AcquisitionDateTime = report.issued.strftime("%Y%m%d%H%M%S")
+        ds.EncapsulatedDocumentLength = len(pdf)
+        ds.EncapsulatedDocument = pdf + (b"\x00" if len(pdf) % 2 else b"")
+    return ds
+
+
 def instance_dataset(study: SandboxStudy, series: SandboxSeries, number: int) -> Dataset:
     """One complete Part-10-ready instance of `series` (1-based `number`)."""
+    if series.modality in {"SR", "DOC"}:
+        return document_dataset(study, series)
     size = 128 if series.modality in PROJECTION else 64
     sop_class = SOP_CLASS[series.modality]
     sop_uid = instance_uid(study.key, series.number, number)

@@ -313,6 +313,15 @@ def retrieve_study(study_uid: str):
     return _multipart(dicomgen.study_files_bytes(_study(study_uid)), "application/dicom")
 
 
+@bp.get("/studies/<study_uid>/series/<series_uid>")
+def retrieve_series(study_uid: str, series_uid: str):
+    """WADO-RS RetrieveSeries as multipart/related; type="application/dicom"."""
+    study = _study(study_uid)
+    series = _series(study, series_uid)
+    return _multipart([dicomgen.to_part10(d) for d in dicomgen.study_datasets(study)
+                       if d.SeriesInstanceUID == series.uid], "application/dicom")
+
+
 @bp.get("/studies/<study_uid>/series/<series_uid>/instances/<sop_uid>")
 def retrieve_instance(study_uid: str, series_uid: str, sop_uid: str):
     study = _study(study_uid)

@@ -9,6 +9,7 @@ token reach every patient. The outside facility accepts backend-services tokens 
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 from collections.abc import Callable
@@ -30,7 +31,8 @@ from .store import Token
 log = logging.getLogger(__name__)
 
 FHIR_JSON = "application/fhir+json"
-COMPARTMENT = {"Patient", "Encounter", "ImagingStudy", "DiagnosticReport", "ServiceRequest"}
+COMPARTMENT = {"Patient", "Encounter", "ImagingStudy", "DiagnosticReport", "ServiceRequest", "DocumentReference",
+               "Binary"}
 PATIENT_REF_PARAMS = ("patient", "subject")
 PATIENT_ID_PARAMS = ("patient.identifier", "subject.identifier", "subject:Patient.identifier",
                      "patient:Patient.identifier")
@@ -124,6 +126,10 @@ def access_for(kind: Kind, token: Token, rtype: str, interaction: Literal["read"
     needed = f"{rtype}.{'r' if interaction == 'read' else 's'}"
     raise FhirProblem(403, "forbidden", f"The access token's scopes do not allow {interaction} of {rtype} "
                                         f"(needs a scope such as patient/{needed}).")
+
+
+def _wants_fhir(accept: str) -> bool:
+    return not accept or "fhir+json" in accept or "application/json" in accept
 
 
 def _render(resource: dict[str, Any]) -> dict[str, Any]:
@@ -304,7 +310,8 @@ def capability_statement(kind: Kind) -> dict[str, Any]:
     if kind == "ehr":
         uris.insert(0, {"url": "authorize", "valueUri": url_for("auth.authorize", _external=True)})
     types = ("ImagingStudy", "DiagnosticReport", "Patient", "Endpoint") if kind == "outside" else (
-        "Patient", "Practitioner", "Encounter", "ImagingStudy", "DiagnosticReport", "ServiceRequest", "Endpoint")
+        "Patient", "Practitioner", "Encounter", "ImagingStudy", "DiagnosticReport", "ServiceRequest", "Endpoint",
+        "DocumentReference", "Binary")
     return {
         "resourceType": "CapabilityStatement", "status": "active", "date": "2024-01-01", "kind": "instance",
         "software": {"name": "Imaging Timeline sandbox " + ("EHR" if kind == "ehr" else "outside facility")},
@@ -369,6 +376,9 @@ def make_blueprint(kind: Kind, index_of: Callable[[], ResourceIndex]) -> Bluepri
         owner = index_of().owner.get((rtype, rid))
         if access.patients is not None and rtype in COMPARTMENT and owner not in access.patients:
             raise FhirProblem(403, "forbidden", "This token is limited to the launch patient.")
+        if rtype == "Binary" and not _wants_fhir(request.headers.get("Accept", "")):
+            # FHIR R4 Binary read: a non-FHIR Accept gets the content itself, as its own media type.
+            return Response(base64.b64decode(resource.get("data", "")), mimetype=resource["contentType"])
         return fhir_response(_render(resource))
 
     def _search(rtype: str, params: MultiDict):

@@ -8,12 +8,17 @@ filled in by the API layer (see ``ADDRESS_PLACEHOLDERS``).
 
 from __future__ import annotations
 
+import base64
 import logging
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
+from fhirclient.models.binary import Binary
 from fhirclient.models.diagnosticreport import DiagnosticReport
+from fhirclient.models.documentreference import DocumentReference
 from fhirclient.models.encounter import Encounter
 from fhirclient.models.endpoint import Endpoint
 from fhirclient.models.imagingstudy import ImagingStudy
@@ -21,6 +26,7 @@ from fhirclient.models.patient import Patient
 from fhirclient.models.practitioner import Practitioner
 from fhirclient.models.servicerequest import ServiceRequest
 
+from . import report_docs
 from .data import (
     ACCESSION_SYSTEM,
     DICOM_DCM,
@@ -30,6 +36,7 @@ from .data import (
     FOREIGN_PACS_ADDRESS,
     FOREIGN_PACS_ENDPOINT,
     INTERPRETATION,
+    LOINC,
     MRN_SYSTEM,
     OUTSIDE_ACCESSION_SYSTEM,
     OUTSIDE_INSTITUTION,
@@ -47,7 +54,8 @@ from .data import (
 log = logging.getLogger(__name__)
 
 MODELS = {"Patient": Patient, "Practitioner": Practitioner, "Encounter": Encounter, "ImagingStudy": ImagingStudy,
-          "DiagnosticReport": DiagnosticReport, "ServiceRequest": ServiceRequest, "Endpoint": Endpoint}
+          "DiagnosticReport": DiagnosticReport, "ServiceRequest": ServiceRequest, "Endpoint": Endpoint,
+          "DocumentReference": DocumentReference, "Binary": Binary}
 DICOMWEB_PLACEHOLDER = "sandbox:dicomweb"
 ADDRESS_PLACEHOLDERS = (DICOMWEB_PLACEHOLDER,)
 INTERPRETATION_TEXT = {"N": "Normal", "A": "Abnormal", "AA": "Critical abnormal"}
@@ -122,13 +130,19 @@ def practitioner_resource() -> dict[str, Any]:
                       "text": "Dr. Jane Radiant"}]}
 
 
-def endpoint_resource(eid: str, name: str, address: str) -> dict[str, Any]:
-    return {
+REQUIRES_ACCESS_TOKEN = "http://fhir.org/argonaut/smart-imaging/StructureDefinition/requires-access-token"
+
+
+def endpoint_resource(eid: str, name: str, address: str, requires_token: bool | None = None) -> dict[str, Any]:
+    res: dict[str, Any] = {
         "resourceType": "Endpoint", "id": eid, "status": "active", "name": name,
         "connectionType": {"system": "http://terminology.hl7.org/CodeSystem/endpoint-connection-type",
                            "code": "dicom-wado-rs"},
         "payloadType": [{"text": "DICOM"}], "payloadMimeType": ["application/dicom"], "address": address,
     }
+    if requires_token is not None:  # SMART Imaging Access (Argonaut draft) Endpoint extension
+        res["extension"] = [{"url": REQUIRES_ACCESS_TOKEN, "valueBoolean": requires_token}]
+    return res
 
 
 def imaging_study_resource(study: SandboxStudy, *, outside: bool) -> dict[str, Any]:
@@ -179,11 +193,92 @@ def report_resource(study: SandboxStudy, *, outside: bool, imaging_study_id: str
         "performer": [{"display": study.institution}],
         "conclusion": report.conclusion, "conclusionCode": conclusion_code,
     }
+    if not report.conclusion:  # FHIR strings are never empty: an empty conclusion is an absent one
+        del res["conclusion"]
+    if not outside:
+        res["resultsInterpreter"] = [{"reference": f"Practitioner/{PRACTITIONER_ID}", "display": "Dr. Jane Radiant"}]
+    res["presentedForm"] = [form for form, _ in presented_forms(study, res["id"])]
     if imaging_study_id is not None:
         res["imagingStudy"] = [{"reference": f"ImagingStudy/{imaging_study_id}"}]
     if study.order and not outside:
         res["basedOn"] = [{"reference": f"ServiceRequest/{study.order.id}"}]
     return res
+
+
+def _b64(data: str | bytes) -> str:
+    return base64.b64encode(data.encode() if isinstance(data, str) else data).decode("ascii")
+
+
+def _binary(bid: str, content_type: str, data: str | bytes, context: str) -> dict[str, Any]:
+    return {"resourceType": "Binary", "id": bid, "contentType": content_type,
+            "securityContext": {"reference": context}, "data": _b64(data)}
+
+
+def presented_forms(study: SandboxStudy, report_id: str,
+                    rtype: str = "DiagnosticReport") -> list[tuple[dict[str, Any], dict[str, Any] | None]]:
+    """(Attachment, Binary or None) per form: text inline; HTML, PDF and RTF as Binary URLs; an addendum inline."""
+    report = study.report
+    if report is None or report.form == "none":
+        return []
+    issued = report.issued.isoformat()
+    context = f"{rtype}/{report_id}"
+    bodies: dict[str, tuple[str, Callable[[], str | bytes]]] = {
+              "html": ("text/html; charset=utf-8", lambda: report_docs.report_html(study)),
+              "pdf": ("application/pdf", lambda: report_docs.report_pdf(study)),
+              "rtf": ("text/rtf", lambda: report_docs.report_rtf(study))}
+    out: list[tuple[dict[str, Any], dict[str, Any] | None]] = []
+    if report.form in bodies:
+        ctype, make = bodies[report.form]
+        bid = f"bin-{report_id}"
+        out.append(({"contentType": ctype, "url": f"Binary/{bid}", "title": "Report", "creation": issued},
+                    _binary(bid, ctype.split(";")[0], make(), context)))
+    else:
+        out.append(({"contentType": "text/plain; charset=utf-8", "title": "Report", "creation": issued,
+                     "data": _b64(report_docs.report_text(study))}, None))
+    addendum = report_docs.addendum_text(study)
+    if addendum:
+        later = (report.issued + timedelta(days=2)).isoformat()
+        out.append(({"contentType": "text/plain; charset=utf-8", "title": "Addendum", "creation": later,
+                     "data": _b64(addendum)}, None))
+    return out
+
+
+def document_resource(study: SandboxStudy, imaging_study_id: str | None) -> dict[str, Any]:
+    """A US Core radiology note (DocumentReference) standing for the report: no DiagnosticReport exists."""
+    report = study.report
+    if report is None:
+        raise ValueError(f"study {study.key} has no report")
+    did = f"doc-{study.key}"
+    form, _ = presented_forms(study, did, "DocumentReference")[0]
+    if "data" in form:  # a note's body is a Binary (US Core clinical notes), not inline
+        form = {**form, "url": f"Binary/bin-{did}"}
+        del form["data"]
+    res: dict[str, Any] = {
+        "resourceType": "DocumentReference", "id": did, "status": "current", "docStatus": "final",
+        "identifier": [_accession(study, False)],
+        "type": {"coding": [{"system": LOINC, "code": "18748-4", "display": "Diagnostic imaging study"}],
+                 "text": f"{study.procedure.display} report"},
+        "category": [{"coding": [{"system": LOINC, "code": "LP29684-5", "display": "Radiology"}]}],
+        "subject": {"reference": f"Patient/{study.patient_id}"}, "date": report.issued.isoformat(),
+        "author": [{"reference": f"Practitioner/{PRACTITIONER_ID}", "display": "Dr. Jane Radiant"}],
+        "description": report.conclusion or None,
+        "content": [{"attachment": form}],
+        "context": {"period": {"start": study.started.isoformat()},
+                    "event": [{"coding": [{"system": DICOM_DCM, "code": m}]} for m in study.modalities]},
+    }
+    if imaging_study_id:
+        res["context"]["related"] = [{"reference": f"ImagingStudy/{imaging_study_id}"}]
+    if not res["description"]:
+        del res["description"]
+    return res
+
+
+def document_binary(study: SandboxStudy) -> dict[str, Any]:
+    did = f"doc-{study.key}"
+    _, binary = presented_forms(study, did, "DocumentReference")[0]
+    if binary is not None:
+        return binary
+    return _binary(f"bin-{did}", "text/plain", report_docs.report_text(study), f"DocumentReference/{did}")
 
 
 def order_resource(order_id: str, priority: str, status: str, authored: str, reason: str, code: Code,
@@ -214,7 +309,8 @@ def build_ehr(data: SandboxData, *, validate: bool = True) -> ResourceIndex:
     """The EHR FHIR server: patients, studies, reports, orders, encounters, one Endpoint."""
     index = ResourceIndex()
     index.add(practitioner_resource())
-    index.add(endpoint_resource(EHR_PACS_ENDPOINT, "Sandbox PACS (DICOMweb)", DICOMWEB_PLACEHOLDER))
+    # The EHR's own PACS endpoint, on the EHR's origin, reached with the clinician's token.
+    index.add(endpoint_resource(EHR_PACS_ENDPOINT, "Sandbox PACS (DICOMweb)", DICOMWEB_PLACEHOLDER, True))
     for p in data.patients:
         index.add(patient_resource(p), p.id)
         if p.encounter_id:
@@ -232,8 +328,15 @@ def build_ehr(data: SandboxData, *, validate: bool = True) -> ResourceIndex:
             imaging_id = imaging["id"]
         # "ehr-report": like many EHRs, this one keeps the report and order but no ImagingStudy;
         # the images are in the PACS and only the accession number ties them together.
-        if study.report:
-            index.add(report_resource(study, outside=False, imaging_study_id=imaging_id), pid)
+        if study.report and study.report.resource == "DocumentReference":
+            index.add(document_resource(study, imaging_id), pid)
+            index.add(document_binary(study), pid)
+        elif study.report:
+            report = report_resource(study, outside=False, imaging_study_id=imaging_id)
+            index.add(report, pid)
+            for _, binary in presented_forms(study, report["id"]):
+                if binary is not None:
+                    index.add(binary, pid)
         if study.order:
             o = study.order
             encounter = patient.encounter_id if patient and o.priority == "stat" else None

@@ -47,6 +47,7 @@
   const REPORT_TEXT = {
     final: 'Final report', amended: 'Amended report', corrected: 'Corrected report', appended: 'Report + addendum',
     preliminary: 'Preliminary report', partial: 'Partial report', registered: 'Report pending',
+    available: 'Report in the archive', current: 'Report',
     cancelled: 'Report cancelled', 'entered-in-error': 'Report in error',
   };
   const FINAL = new Set(['final', 'amended', 'corrected', 'appended']);
@@ -659,7 +660,8 @@
     const rep = el('div', 'study-report');
     if (report) {
       const status = str(report.status).toLowerCase();
-      rep.append(el('span', `tag tag-report ${FINAL.has(status) ? 'is-final' : 'is-pending'}`,
+      const tone = FINAL.has(status) ? 'is-final' : (status === 'available' ? 'is-stored' : 'is-pending');
+      rep.append(el('span', `tag tag-report ${tone}`,
         REPORT_TEXT[status] || `Report: ${status || 'unknown'}`));
       if (report.critical) rep.append(el('span', 'tag tag-critical', 'Critical'));
       else if (report.abnormal) rep.append(el('span', 'tag tag-abnormal', 'Abnormal'));
@@ -679,6 +681,25 @@
           });
           rep.append(more);
         }
+      }
+      // The whole report opens under the row (static/report-panel.js, by event delegation).
+      const open = el('button', 'link-button open-report', 'Read full report');
+      open.type = 'button';
+      open.dataset.action = 'open-report';
+      open.dataset.archive = str(report.source);
+      open.dataset.reportId = str(report.id);
+      open.setAttribute('aria-expanded', 'false');
+      rep.append(open);
+      // The same study's report from another archive (an outside copy, a PACS SR) opens on its own.
+      for (const other of Array.isArray(view.reports) ? view.reports : []) {
+        if (!other || other === report || (other.source === report.source && other.id === report.id)) continue;
+        const also = el('button', 'link-button open-report', `Report from ${archiveName(str(other.source))}`);
+        also.type = 'button';
+        also.dataset.action = 'open-report';
+        also.dataset.archive = str(other.source);
+        also.dataset.reportId = str(other.id);
+        also.setAttribute('aria-expanded', 'false');
+        rep.append(also);
       }
     } else if (config.reportsGranted === false) {
       // The EHR granted no DiagnosticReport access: say nothing per row (the header says why).
@@ -714,6 +735,9 @@
       const label = str(link.label) || 'Open images';
       actions.append(viewerAnchor(url, multi ? `${label} · ${archiveName(str(link.archive))}` : label,
         str(link.kind), str(link.archive), view.uid));
+    }
+    if (!actions.children.length && view.images_note) {
+      actions.append(dataSpan('p', 'images-note', clip(str(view.images_note), 300)));
     }
     const compare = compareLink(view);
     if (compare) {
@@ -786,6 +810,7 @@
     const focusedUid = focusedRow ? focusedRow.dataset.studyUid : null;
     const focusedIsRow = active === focusedRow;
     const focusedLinkKind = !focusedIsRow && active && active.dataset ? active.dataset.kind : null;
+    const focusedInPanel = active && active.closest && active.closest('[data-report-panel]') ? active : null;
 
     const frag = document.createDocumentFragment();
     let yearKey = null;
@@ -828,7 +853,9 @@
     }
     years.replaceChildren(frag);
     for (const uid of [...state.rows.keys()]) if (!state.studies.has(uid)) state.rows.delete(uid);
-    if (focusedUid && seen.has(focusedUid)) {
+    if (focusedInPanel && focusedInPanel.isConnected) {
+      focusedInPanel.focus({ preventScroll: true }); // the report panel keeps its focus (static/report-panel.js)
+    } else if (focusedUid && seen.has(focusedUid)) {
       const row = state.rows.get(focusedUid)?.el;
       const target = focusedIsRow || !focusedLinkKind ? row
         : row?.querySelector(`[data-kind="${CSS.escape(focusedLinkKind)}"]`) || row;

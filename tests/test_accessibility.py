@@ -4,8 +4,8 @@ axe-core is a test tool only (never served by the app): `.ci/test` installs it f
 `.ci/axe/node_modules` (git-ignored). The app's CSP forbids injected scripts, so the browser
 context bypasses CSP here and nowhere else. Pages: the start page, the 401 error page, and the
 timeline after its stream finished (full window with the patient banner and the "Needs attention"
-strip, with a filter applied, and inside the sandbox chart's iframe, where only the app's frame is
-audited: the chart stands in for a third-party EHR).
+strip, with a filter applied, with a report panel open, and inside the sandbox chart's iframe, where
+only the app's frame is audited: the chart stands in for a third-party EHR).
 
 Besides the WCAG 2.0/2.1 A and AA rules, axe's "best-practice" rules run too: they are where axe
 checks semantic structure (one banner and one main landmark, content inside landmarks, heading levels).
@@ -146,3 +146,12 @@ def test_keyboard_skip_link_first_then_visible_focus(page, demo):
         page.locator(target).first.focus()
         assert page.locator(target).first.evaluate("e => e === document.activeElement")
         assert_focus_visible(page)
+
+
+def test_timeline_with_a_report_panel_open(page, demo):
+    launch_full_window(page, demo, "pat-faye")
+    page.locator('[data-action="open-report"]').first.click()
+    panel = page.locator("[data-report-panel]")
+    panel.locator(".report-body[aria-busy='false']").wait_for(timeout=15_000)
+    assert panel.get_attribute("role") == "region" and panel.get_attribute("aria-labelledby")
+    assert_accessible(page)

@@ -260,7 +260,7 @@ def test_an_archive_ignoring_the_patient_filter_returns_no_foreign_study(httpser
     (Response("boom", status=500), "error", "HTTP 500"),
     (Response("", status=401), "error", "HTTP 401 (credentials not accepted)"),
     (Response("", status=403), "error", "HTTP 403 (access refused)"),
-    (Response("", status=503, headers={"Retry-After": "30"}), "error", "HTTP 503 (Retry-After 30 s)"),
+    (Response("", status=503, headers={"Retry-After": "30"}), "error", "HTTP 503: busy, retry in 30 s"),
     (Response("<html>login</html>", status=200, content_type="text/html"), "error", "answer was not JSON"),
     (Response('{"studies": []}', status=200, content_type="application/dicom+json"), "error",
      "answer was not a DICOM JSON array"),

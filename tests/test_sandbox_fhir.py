@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 
-from sandbox.data import FOREIGN_PACS_ADDRESS, MRN_SYSTEM, OUTSIDE_SYSTEM, study_uid
+from sandbox.data import FOREIGN_PACS_ADDRESS, MRN_SYSTEM, OUTSIDE_SYSTEM, PATIENTS, study_uid
 from tests.test_sandbox_support import NARROW, Sandbox, backend_token, ehr_launch, running_sandbox
 
 FHIR_JSON = "application/fhir+json"
@@ -162,7 +162,7 @@ def test_stat_order_without_final_report(sb: Sandbox, system: str) -> None:
 
 def test_backend_token_reads_any_patient(sb: Sandbox, system: str) -> None:
     assert sb.get(f"{sb.fhir}/Patient/pat-carla", system).status_code == 200
-    assert sb.get(f"{sb.fhir}/Patient", system).json()["total"] == 5
+    assert sb.get(f"{sb.fhir}/Patient", system).json()["total"] == len(PATIENTS) + 1  # + pat-faye (reports)
 
 
 def test_metadata_has_oauth_uris(sb: Sandbox) -> None:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Any, Protocol
@@ -71,6 +72,9 @@ class LinkedReport:
     study_refs: tuple[str, ...] = ()  # DiagnosticReport.imagingStudy references
     accession: str | None = None
     study_uids: set[str] = field(default_factory=set)  # resolved from study_refs
+    # A note with neither reference nor accession links by day + DICOM modality (IHE XDS-I.b eventCodeList).
+    day: date | None = None
+    modalities: tuple[str, ...] = ()
 
 
 @dataclass(slots=True)
@@ -112,15 +116,34 @@ class Archive(Protocol):
         ...
 
 
+BUSY_RETRY_MAX_S = 10.0  # the longest Retry-After waited for (once) before saying "busy"
+BUSY_RETRY_MARGIN_S = 1.0  # time that must remain after the wait for the retried request
+
+
 class ArchiveClient:
     """GETs against one archive: credentials per target URL, a timeout, a deadline and a size cap."""
 
     def __init__(self, config: ArchiveConfig, http: requests.Session, credentials: Credentials, *,
-                 max_bytes: int) -> None:
+                 max_bytes: int, sleep: Callable[[float], None] = time.sleep) -> None:
         self.config, self.http, self.credentials, self.max_bytes = config, http, credentials, max_bytes
+        self.sleep = sleep
 
     def get(self, url: str, *, deadline: Deadline, accept: str, params: Any = None) -> HttpAnswer:
-        """One GET; transport failures become ArchiveError subclasses with readable reasons."""
+        """One GET; a 503 with a Retry-After that fits the deadline is retried once (SMART Imaging Access).
+
+        The Argonaut SMART Imaging Access draft lets a server answer 503 + Retry-After (RFC 9110
+        §10.2.3, delay-seconds) while it brings a study online; a longer wait, or a second 503,
+        goes back to the caller, whose raise_for_status says "busy, retry in N s".
+        """
+        answer = self._get(url, deadline=deadline, accept=accept, params=params)
+        wait = retry_after_s(answer) if answer.status == 503 else None
+        if wait is not None and wait <= BUSY_RETRY_MAX_S and wait + BUSY_RETRY_MARGIN_S < deadline.remaining():
+            log.info("archive %s busy (503, Retry-After %d s): retrying once", self.config.id, wait)
+            self.sleep(wait)
+            answer = self._get(url, deadline=deadline, accept=accept, params=params)
+        return answer
+
+    def _get(self, url: str, *, deadline: Deadline, accept: str, params: Any = None) -> HttpAnswer:
         headers = {"Accept": accept, **self.credentials.headers_for(url, deadline)}
         try:
             return fetch(self.http, "GET", url, params=params, headers=headers, deadline=deadline,
@@ -154,16 +177,40 @@ def raise_for_status(answer: HttpAnswer) -> None:
     status = answer.status
     if status in (200, 204):
         return
+    if status == 403 and patient_mismatch(answer):
+        # SMART Imaging Access: 403 when the token's patient is not the one the request names.
+        raise ArchiveAuthError("HTTP 403 (patient mismatch: the archive says this is not the token's patient)")
     if status in (401, 403):
         what = "credentials not accepted" if status == 401 else "access refused"
         raise ArchiveAuthError(f"HTTP {status} ({what})")
     if status in (429, 503):
+        wait = retry_after_s(answer)
+        if wait is not None:
+            raise ArchiveUnavailable(f"HTTP {status}: busy, retry in {wait} s")
         raise ArchiveUnavailable(f"HTTP {status}{_retry_after(answer.headers)}")
     if status >= 500:
         raise ArchiveUnavailable(f"HTTP {status}")
     if 300 <= status < 400:
         raise ArchiveResponseError(f"HTTP {status} redirect, not followed")
     raise ArchiveResponseError(f"HTTP {status}")
+
+
+def retry_after_s(answer: HttpAnswer) -> int | None:
+    """Retry-After as delay-seconds; None when absent or an HTTP-date (then no retry is timed)."""
+    value = (answer.headers.get("Retry-After") or "").strip()
+    return int(value) if value.isdigit() else None
+
+
+def patient_mismatch(answer: HttpAnswer) -> bool:
+    """Whether a refusal's OperationOutcome says the patient does not match (SMART Imaging Access)."""
+    try:
+        body = answer.json()
+    except ValueError:
+        return False
+    issues = body.get("issue") if isinstance(body, dict) else None
+    text = " ".join(f"{i.get('code') or ''} {i.get('diagnostics') or ''} {(i.get('details') or {}).get('text') or ''}"
+                    for i in issues or [] if isinstance(i, dict))
+    return "patient" in text.lower()
 
 
 def _retry_after(headers: Mapping[str, str]) -> str:

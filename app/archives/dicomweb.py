@@ -30,6 +30,7 @@ from ..errors import ArchiveError, ArchiveResponseError
 from ..http import Deadline
 from ..models import Identifier, Study, StudyEndpoint
 from ..priors import body_region
+from . import dicomweb_reports
 from .base import ArchiveAnswer, ArchiveClient, Candidate, PatientRef, Subject
 from .config import ArchiveConfig
 
@@ -105,6 +106,7 @@ class DicomWebArchive:
                     for value, into in ((ds.get("Modality"), modalities), (ds.get("BodyPartExamined"), parts)):
                         into.extend(v for v in _values(value) if v not in into)
                 study.modalities, study.body_sites = tuple(modalities), tuple(parts)
+                dicomweb_reports.listing_report(study, self.config.id)
 
     def _series(self, study: Study, deadline: Deadline) -> list:
         """One study's series (empty when unavailable: the study is still shown without them)."""
@@ -152,6 +154,7 @@ class DicomWebArchive:
             sources=[self.config.id],
             endpoints=[StudyEndpoint(self.config.id, self.base)],
         )
+        dicomweb_reports.listing_report(study, self.config.id)
         issuer = ds.get("IssuerOfPatientID")
         subject = Subject(
             identifiers=(Identifier(issuer or "", str(ds.get("PatientID") or "")),),

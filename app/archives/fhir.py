@@ -14,14 +14,18 @@ from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 from fhirclient.models.diagnosticreport import DiagnosticReport
+from fhirclient.models.documentreference import DocumentReference
 from fhirclient.models.imagingstudy import ImagingStudy
 from fhirclient.models.patient import Patient
 from fhirclient.models.servicerequest import ServiceRequest
 
+from .. import imaging_endpoints
 from ..errors import ArchiveError, ArchiveResponseError
 from ..fhir import human_name  # the EHR reader's name rendering, so names compare like for like
 from ..http import Deadline, same_origin, under
 from ..models import Identifier, LaunchContext, Order, Report, Study, StudyEndpoint
+from ..viewers import is_dicom_uid
+from . import fhir_reports
 from .base import ArchiveAnswer, ArchiveClient, Candidate, LinkedOrder, LinkedReport, PatientRef, Subject
 from .config import ArchiveConfig
 
@@ -53,6 +57,7 @@ class FhirArchive:
         self.base = base.rstrip("/")
         self.archive_bases = archive_bases  # (archive id, base URL) of every DICOMweb archive
         self._lookups = 0
+        self._report_urls: set[str] = set()  # DiagnosticReport.presentedForm URLs (to de-duplicate notes)
 
     # --- search ---------------------------------------------------------------------------------
 
@@ -83,6 +88,9 @@ class FhirArchive:
             # credentials do. Records found by identifier are guarded one by one, like studies.
             if not self.config.is_ehr or self.ctx.can_read(rtype):
                 searches[rtype] = forms(rtype, [f"{rtype}:subject"] if elsewhere else [])
+        if self._reads_documents():
+            searches["DocumentReference"] = forms("DocumentReference",
+                                                  ["DocumentReference:subject"] if elsewhere else [])
         # The searches are independent (FHIR R4 search): run them at once, so an archive costs one
         # round trip rather than three. Credentials first, once: a backend token is fetched (or
         # refused) a single time, not by each parallel search.
@@ -91,6 +99,8 @@ class FhirArchive:
             futures = {rtype: pool.submit(self._collect, rtype, params, deadline)
                        for rtype, params in searches.items()}
             studies, included, partial = futures.pop("ImagingStudy").result()  # its failure is the archive's
+            if ref.patient_id is not None and self.config.is_ehr:
+                studies += self._context_studies(studies, ref.patient_id, deadline, included, partial)
             others = {}
             for rtype, future in futures.items():
                 try:
@@ -109,13 +119,50 @@ class FhirArchive:
             cand = self._candidate(resource, full_url, included, answer, deadline)
             if cand is not None:
                 answer.candidates.append(cand)
-        for rtype, build in (("DiagnosticReport", self._report), ("ServiceRequest", self._order)):
+        for rtype, build in (("DiagnosticReport", self._report), ("ServiceRequest", self._order),
+                             ("DocumentReference", self._document)):
             for full_url, raw in others.get(rtype, ([], {}, None))[0]:
                 build(raw, full_url, answer, included, deadline)
         return answer
 
     def complete(self, studies: list[Study], deadline: Deadline) -> None:
         """Nothing to add: ImagingStudy already carries series-level detail."""
+
+    def _context_studies(self, studies: list[tuple[str | None, dict[str, Any]]], patient_id: str,
+                         deadline: Deadline, included: dict[str, dict[str, Any]], part: ArchiveAnswer
+                         ) -> list[tuple[str | None, dict[str, Any]]]:
+        """The launch's fhirContext study when the patient's search did not return it (SMART Imaging Access).
+
+        `ImagingStudy?patient=…&identifier=urn:oid:<StudyInstanceUID>` for a context naming a UID,
+        `ImagingStudy?patient=…&_id=<id>` for one naming a FHIR id; still guarded like every study.
+        """
+        have: set[str] = set()
+        for _, raw in studies:
+            have.add(str(raw.get("id")))
+            have.update(_strip_oid(str(i.get("value"))) for i in _list(raw.get("identifier"))
+                        if isinstance(i, dict) and i.get("system") == DICOM_UID)
+        found: list[tuple[str | None, dict[str, Any]]] = []
+        for item in self.ctx.fhir_context[:5]:
+            rtype, _, rid = item.partition("/")
+            if rtype != "ImagingStudy" or rid in have:
+                continue
+            wanted = {"identifier": f"urn:oid:{rid}"} if is_dicom_uid(rid) else {"_id": rid}
+            params = {"patient": patient_id, **wanted, "_include": ["ImagingStudy:endpoint"]}
+            try:
+                found += list(self._search("ImagingStudy", [params], deadline, part, included))
+            except ArchiveError as exc:
+                log.info("archive %s: fhirContext study lookup failed (%s)", self.config.id, exc.code)
+        return found
+
+    def subject_of(self, res: Any, deadline: Deadline) -> Subject:
+        """Whose record `res` (a parsed resource with `subject`) is, as the wrong-patient guard reads it."""
+        return self._subject(res, {}, deadline)
+
+    def _reads_documents(self) -> bool:
+        """US Core radiology notes: on the EHR when granted; elsewhere when the backend scope names them."""
+        if self.config.is_ehr:
+            return self.ctx.can_read("DocumentReference")
+        return self.config.auth.kind == "smart-backend" and "DocumentReference" in self.config.auth.scope
 
     def _collect(self, rtype: str, params: list[dict[str, Any]], deadline: Deadline
                  ) -> tuple[list[tuple[str | None, dict[str, Any]]], dict[str, dict[str, Any]], ArchiveAnswer]:
@@ -204,6 +251,8 @@ class FhirArchive:
         modalities = [c.code for c in res.modality or [] if c.code]
         modalities += [s.modality.code for s in series if s.modality and s.modality.code]
         sites = [s.bodySite.display or s.bodySite.code for s in series if s.bodySite]
+        elsewhere: list[str] = []
+        endpoints = self._endpoints(raw, included, answer, deadline, elsewhere)
         study = Study(
             uid=uid,
             started=started,
@@ -217,7 +266,8 @@ class FhirArchive:
             referrer=res.referrer.display if res.referrer else None,
             facility=(res.location.display if res.location and res.location.display else self.config.name),
             sources=[self.config.id],
-            endpoints=self._endpoints(raw, included, answer, deadline),
+            endpoints=endpoints,
+            elsewhere=elsewhere,
             # fhirContext names ImagingStudy/<id> on the launching EHR only (SMART App Launch 2.x).
             ids=[res.id] if self.config.is_ehr and res.id else [],
         )
@@ -269,7 +319,7 @@ class FhirArchive:
         return body
 
     def _endpoints(self, raw: dict[str, Any], included: dict[str, dict[str, Any]], answer: ArchiveAnswer,
-                   deadline: Deadline) -> list[StudyEndpoint]:
+                   deadline: Deadline, elsewhere: list[str] | None = None) -> list[StudyEndpoint]:
         """ImagingStudy.endpoint (study and series level) that lie under a configured archive; others ignored."""
         refs = list(_list(raw.get("endpoint")))
         for series in _list(raw.get("series")):
@@ -285,7 +335,17 @@ class FhirArchive:
             if not isinstance(address, str):
                 continue
             archive_id = next((aid for aid, base in self.archive_bases if under(address, base)), None)
+            if archive_id is None and (usable := imaging_endpoints.usable(endpoint, address, self.base,
+                                                                           self.config.auth.kind)) is not None:
+                if all(e.address != usable.address for e in found):
+                    found.append(usable)
+                continue
             if archive_id is None:
+                if elsewhere is not None:
+                    name = endpoint.get("name") if isinstance(endpoint, dict) else None
+                    label = name if isinstance(name, str) and name else urlsplit(address).hostname or "another server"
+                    if label not in elsewhere:
+                        elsewhere.append(label[:120])
                 answer.ignored_endpoints += 1
                 log.info("archive %s: endpoint at unconfigured host %s ignored", self.config.id,
                          urlsplit(address).hostname)
@@ -300,6 +360,7 @@ class FhirArchive:
     def _report(self, raw: dict[str, Any], full_url: str | None, answer: ArchiveAnswer,
                 included: dict[str, dict[str, Any]], deadline: Deadline) -> None:
         res = DiagnosticReport(raw, strict=False)
+        self._report_urls |= fhir_reports.attachment_urls(raw, self.base, "presentedForm")
         codes = {c.code for cc in res.conclusionCode or [] for c in cc.coding or [] if c.code}
         report = Report(id=res.id or "", status=res.status or "unknown", conclusion=res.conclusion,
                         issued=res.issued.datetime if res.issued else None, abnormal=bool(codes & ABNORMAL),
@@ -318,6 +379,20 @@ class FhirArchive:
                       source=self.config.id)
         answer.orders.append(LinkedOrder(order=order, subject=self._subject(res, included, deadline),
                                          refs=tuple(_keys(raw, full_url))))
+
+
+    def _document(self, raw: dict[str, Any], full_url: str | None, answer: ArchiveAnswer,
+                  included: dict[str, dict[str, Any]], deadline: Deadline) -> None:
+        """A US Core radiology note, unless it is a DiagnosticReport's own attachment (same URL)."""
+        if not fhir_reports.is_radiology_note(raw):
+            return
+        if fhir_reports.attachment_urls(raw, self.base, "content") & self._report_urls:
+            return  # the same report, already listed as the DiagnosticReport that presents it
+        report, refs, day, modalities = fhir_reports.document_listing(raw, self.config.id)
+        res = DocumentReference(raw, strict=False)
+        answer.reports.append(LinkedReport(
+            report=report, subject=self._subject(res, included, deadline), study_refs=refs,
+            accession=fhir_reports.accession_of(raw), day=day, modalities=modalities))
 
 
 def _keys(resource: dict[str, Any], full_url: str | None) -> list[str]:
