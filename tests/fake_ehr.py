@@ -35,6 +35,7 @@ class FakeEhr:
     token_status: int = 200
     token_body: Any = None  # None: a good token response; dict/str overrides
     token_extra: dict[str, Any] = field(default_factory=dict)
+    token_headers: dict[str, str] = field(default_factory=dict)
     id_token_claims: dict[str, Any] = field(default_factory=dict)
     id_token_key: RSAKey | None = None
     patient_status: int = 200
@@ -91,7 +92,8 @@ class FakeEhr:
     def _token(self, request: Request) -> Response:
         self.token_requests.append(request)
         if isinstance(self.token_body, str):
-            return Response(self.token_body, status=self.token_status, content_type="text/html")
+            return Response(self.token_body, status=self.token_status, content_type="text/html",
+                            headers=self.token_headers)
         body = self.token_body
         if body is None:
             scope = self.authorizations[-1].get("scope", "") if self.authorizations else ""
@@ -100,7 +102,8 @@ class FakeEhr:
             if "openid" in scope.split():
                 body["id_token"] = self.id_token(**self.id_token_claims)
             body.update(self.token_extra)
-        return Response(json.dumps(body), status=self.token_status, content_type="application/json")
+        return Response(json.dumps(body), status=self.token_status, content_type="application/json",
+                        headers=self.token_headers)
 
     def _patient(self, request: Request) -> Response:
         if request.headers.get("Authorization") != "Bearer at-secret-123":
