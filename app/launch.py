@@ -7,6 +7,7 @@ exchange, id_token verification, then a server-side session behind an opaque coo
 from __future__ import annotations
 
 import hashlib
+import hmac
 import logging
 import re
 import secrets
@@ -18,12 +19,13 @@ import requests
 from flask import Blueprint, Flask, current_app, redirect, render_template, request, url_for
 from werkzeug.wrappers import Response as BaseResponse
 
-from .errors import AuthorizationDenied, LaunchError, StateError, TokenError
+from .csrf import require_same_origin
+from .errors import AuthorizationDenied, CookiesBlocked, LaunchError, SessionExpired, StateError, TokenError
 from .fhir import is_fhir_id, read_patient
 from .keys import app_keys
 from .models import LaunchContext
 from .registration import registration
-from .session import COOKIE, SmartSession, new_session_id, token_record
+from .session import COOKIE, SmartSession, current_session, new_session_id, token_record
 from .session_store import store
 from .smart import (
     Discovery,
@@ -126,22 +128,38 @@ def launch() -> BaseResponse:
     client = smart_client_for(reg.iss, config)
     url = client.authorize_url(scope=scope, state=state, code_verifier=verifier, launch=launch_token, nonce=nonce)
     # The pending launch is keyed by `state` server-side: it survives an iframe that drops cookies.
+    # Two bindings tie the callback to this browser (login CSRF, finding 1): the HttpOnly cookie,
+    # and, for a browser (a navigation, per Fetch Metadata), a value the launch page keeps in this
+    # frame's sessionStorage, which survives where an embedded app's cookies do not.
+    frame_binding = secrets.token_urlsafe(24) if request.headers.get("Sec-Fetch-Mode") == "navigate" else None
     store().put(f"pending:{state}", {
         "iss": reg.iss, "kind": kind, "scope": scope, "code_verifier": verifier, "nonce": nonce,
-        "binding": _digest(binding), "created": time.time(),
+        "binding": _digest(binding), "frame_binding": _digest(frame_binding) if frame_binding else None,
+        "created": time.time(),
     }, current_app.config["PENDING_LAUNCH_TTL_S"])
     log.info("launch: %s launch for %s, redirecting to authorize", kind, reg.iss)
-    resp = redirect(url, code=302)
+    if frame_binding:
+        resp = current_app.make_response(render_template(
+            "launch.html", authorize_url=url, launch_config={"state": state, "binding": frame_binding,
+                                                             "authorize": url}))
+    else:
+        resp = redirect(url, code=302)
     resp.set_cookie(BINDING_COOKIE, binding, max_age=int(current_app.config["PENDING_LAUNCH_TTL_S"]),
                     **_cookie_args())
     return resp
 
 
-def _take_pending(state: str | None) -> dict[str, Any]:
+NOT_BOUND = ("This sign-in answer cannot be tied to a launch started in this browser window: the app's launch "
+             "cookie did not come back and this window holds no record of the launch. It was not accepted and no "
+             "session was started. Relaunch Imaging Timeline from the patient's chart.")
+
+
+def _pending(state: str | None, *, take: bool) -> dict[str, Any]:
+    """The pending launch for `state` (taken atomically when `take`), or StateError saying why not."""
     if not state:
         raise StateError("The EHR's answer has no `state`, so it cannot be matched to a launch. Relaunch "
                          "Imaging Timeline from the patient's chart.")
-    pending = store().take(f"pending:{state}")
+    pending = store().take(f"pending:{state}") if take else store().get(f"pending:{state}")
     if pending is None:
         if store().get(f"used:{_digest(state)}"):
             raise StateError("This sign-in answer was already used. Relaunch Imaging Timeline from the "
@@ -149,15 +167,13 @@ def _take_pending(state: str | None) -> dict[str, Any]:
         raise StateError("This sign-in answer is unknown or has expired (a launch must finish within "
                          f"{int(current_app.config['PENDING_LAUNCH_TTL_S'] / 60)} minutes). Relaunch Imaging "
                          "Timeline from the patient's chart.")
-    store().put(f"used:{_digest(state)}", {"t": time.time()}, 3600)
-    # Bound to the browser that started the launch, where its cookie survived the round trip.
-    # Inside an EHR iframe that blocks third-party cookies it may not; then state's single use,
-    # its short life and PKCE (the verifier never left this server) carry the protection.
-    binding = request.cookies.get(BINDING_COOKIE)
-    if binding is not None and _digest(binding) != pending["binding"]:
-        raise StateError("This sign-in answer belongs to a launch started in another browser window. "
-                         "Relaunch Imaging Timeline from the patient's chart.")
+    if take:
+        store().put(f"used:{_digest(state)}", {"t": time.time()}, 3600)
     return pending
+
+
+def _matches(value: str | None, digest: str | None) -> bool:
+    return bool(value and digest) and hmac.compare_digest(_digest(value or ""), digest or "")
 
 
 @bp.get("/callback")
@@ -165,20 +181,56 @@ def callback() -> BaseResponse:
     error = request.args.get("error")
     state = request.args.get("state")
     if error:
-        if state:
-            store().take(f"pending:{state}")
-        description = request.args.get("error_description", "")[:500]
-        if error == "access_denied":
-            message = "Access to this patient's imaging was declined at sign-in. Relaunch from the chart and " \
-                      "approve access to continue."
-        else:
-            message = f"The EHR's sign-in answered `{error[:80]}`. Ask your administrator to check the app's " \
-                      "registration."
-        if description:
-            message += f" The EHR said: {description}"
-        raise AuthorizationDenied(message, log_detail=f"error={error[:80]}")
-    pending = _take_pending(state)
-    code = request.args.get("code")
+        _ehr_error(error, state)
+    pending = _pending(state, take=False)
+    cookie = request.cookies.get(BINDING_COOKIE)
+    if _matches(cookie, pending["binding"]):
+        return _complete(_pending(state, take=True), request.args.get("code"))
+    if pending.get("frame_binding"):
+        # The cookie did not survive (an embedded app over http, or cookies blocked in frames): the
+        # callback page returns the value the launch page left in this frame's sessionStorage.
+        resp = current_app.make_response(render_template(
+            "callback.html", state=state, code=request.args.get("code") or ""))
+        return resp
+    _pending(state, take=True)  # refused answers are not retried
+    if cookie:
+        raise StateError("This sign-in answer belongs to a launch started in another browser window. "
+                         "Relaunch Imaging Timeline from the patient's chart.")
+    raise StateError(NOT_BOUND)
+
+
+@bp.post("/callback")
+def callback_from_frame() -> BaseResponse:
+    """The callback page's answer: state, code and the frame's sessionStorage binding."""
+    require_same_origin()
+    state = request.form.get("state")
+    pending = _pending(state, take=True)
+    if not _matches(request.form.get("binding"), pending.get("frame_binding")):
+        raise StateError(NOT_BOUND)
+    return _complete(pending, request.form.get("code"), via_frame=True)
+
+
+def _ehr_error(error: str, state: str | None) -> None:
+    """The authorization server's error answer (RFC 6749 §4.1.2.1), shown only for a pending launch."""
+    pending = store().take(f"pending:{state}") if state else None
+    if pending is None:
+        # Anyone can link to /callback?error=...: without a launch of ours, show none of its text.
+        raise StateError("This sign-in answer does not belong to a launch in progress. Relaunch Imaging Timeline "
+                         "from the patient's chart.", log_detail=f"error={error[:80]} without a pending launch")
+    description = request.args.get("error_description", "")[:300]
+    if error == "access_denied":
+        message = "Access to this patient's imaging was declined at sign-in. Relaunch from the chart and " \
+                  "approve access to continue."
+    else:
+        message = f"The EHR's sign-in answered `{error[:80]}`. Ask your administrator to check the app's " \
+                  "registration."
+    if description:
+        message += f" The EHR's own words (not checked by Imaging Timeline): \u201c{description}\u201d"
+    raise AuthorizationDenied(message, log_detail=f"error={error[:80]}")
+
+
+def _complete(pending: dict[str, Any], code: str | None, *, via_frame: bool = False) -> BaseResponse:
+    """Exchange the code, verify the answer, read the patient and start the session."""
     if not code:
         raise StateError("The EHR's answer has no authorization `code`. Relaunch from the chart.")
     iss = pending["iss"]
@@ -225,10 +277,30 @@ def callback() -> BaseResponse:
                            style=_load_style(context.smart_style_url))
     session.save()
     log.info("callback: session started (%s launch, %d scopes granted)", context.launch_kind, len(granted))
-    resp = redirect(url_for("timeline.timeline"), code=303)
+    # After the frame binding, check that the session cookie came back before showing the timeline.
+    resp = redirect(url_for("launch.signed_in" if via_frame else "timeline.timeline"), code=303)
     resp.set_cookie(COOKIE, session.id, max_age=int(current_app.config["SESSION_TTL_S"]), **_cookie_args())
     resp.delete_cookie(BINDING_COOKIE, path="/")
     return resp
+
+
+@bp.get("/signed-in")
+def signed_in() -> BaseResponse:
+    """After a frame-bound sign-in: the timeline if the session cookie came back, else why not (finding 2)."""
+    try:
+        current_session()
+    except SessionExpired:
+        over_http = not _secure()
+        raise CookiesBlocked(
+            "Imaging Timeline signed in, but the browser did not keep its session cookie, so it cannot show "
+            "the patient's imaging here. "
+            + ("The EHR shows the app inside its own page over plain http, and browsers send an embedded "
+               "app's cookies only over https. " if over_http else
+               "This browser blocks cookies for apps embedded in another site's page. ")
+            + "Open Imaging Timeline in a new window from the chart, or ask your administrator to serve it "
+              "over https" + (" (IMAGING_PUBLIC_URL=https://…)." if over_http else "."),
+            log_detail="session cookie absent after a frame-bound callback") from None
+    return redirect(url_for("timeline.timeline"), code=303)
 
 
 def _web_url(value: Any) -> bool:
