@@ -206,6 +206,8 @@ def callback_from_frame() -> BaseResponse:
     state = request.form.get("state")
     pending = _pending(state, take=True)
     if not _matches(request.form.get("binding"), pending.get("frame_binding")):
+        if request.form.get("storage") == "blocked":
+            raise _cookies_blocked(storage_too=True)
         raise StateError(NOT_BOUND)
     return _complete(pending, request.form.get("code"), via_frame=True)
 
@@ -290,17 +292,24 @@ def signed_in() -> BaseResponse:
     try:
         current_session()
     except SessionExpired:
-        over_http = not _secure()
-        raise CookiesBlocked(
-            "Imaging Timeline signed in, but the browser did not keep its session cookie, so it cannot show "
-            "the patient's imaging here. "
-            + ("The EHR shows the app inside its own page over plain http, and browsers send an embedded "
-               "app's cookies only over https. " if over_http else
-               "This browser blocks cookies for apps embedded in another site's page. ")
-            + "Open Imaging Timeline in a new window from the chart, or ask your administrator to serve it "
-              "over https" + (" (IMAGING_PUBLIC_URL=https://…)." if over_http else "."),
-            log_detail="session cookie absent after a frame-bound callback") from None
+        raise _cookies_blocked(storage_too=False) from None
     return redirect(url_for("timeline.timeline"), code=303)
+
+
+def _cookies_blocked(*, storage_too: bool) -> CookiesBlocked:
+    """Why an embedded app cannot keep a session here, and what to do: relaunching cannot help."""
+    over_http = not _secure()
+    return CookiesBlocked(
+        ("The browser keeps neither cookies nor storage for Imaging Timeline inside the EHR's page, so the "
+         "sign-in cannot finish here and no session was started. " if storage_too else
+         "Imaging Timeline signed in, but the browser did not keep its session cookie, so it cannot show the "
+         "patient's imaging here. ")
+        + ("The EHR shows the app inside its own page over plain http, and browsers keep an embedded app's "
+           "cookies only over https. " if over_http else
+           "This browser blocks cookies for apps embedded in another site's page. ")
+        + "Open Imaging Timeline in a new window from the chart, or ask your administrator to serve it over "
+          "https" + (" (IMAGING_PUBLIC_URL=https://…)." if over_http else "."),
+        log_detail="no cookie (and no frame storage)" if storage_too else "session cookie absent after sign-in")
 
 
 def _web_url(value: Any) -> bool:

@@ -13,7 +13,10 @@
   try {
     saved = JSON.parse(sessionStorage.getItem('itl-launch') || 'null');
     sessionStorage.removeItem('itl-launch'); // single use, like the state it belongs to
-  } catch {
+  } catch (error) {
+    // A browser that blocks an embedded app's cookies may deny it storage too (SecurityError):
+    // say so, so that the app explains what to do instead of "relaunch", which cannot help.
+    if (error && error.name === 'SecurityError') form.elements.storage.value = 'blocked';
     saved = null;
   }
   if (saved && saved.state === form.elements.state.value) form.elements.binding.value = String(saved.binding);
