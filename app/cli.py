@@ -31,8 +31,11 @@ def main(argv: list[str] | None = None) -> int:
             run_demo(args.port, extra_archives=args.extra_archives)
         else:
             from . import create_app
+            from .launch import require_public_url
 
-            create_app().run(host=args.host, port=args.port, threaded=True)
+            app = create_app()
+            require_public_url(app)
+            app.run(host=args.host, port=args.port, threaded=True)
     except ConfigError as exc:
         sys.stderr.write(f"imaging-timeline: {exc.message}\n")
         return 2

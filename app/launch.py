@@ -20,12 +20,22 @@ from flask import Blueprint, Flask, current_app, redirect, render_template, requ
 from werkzeug.wrappers import Response as BaseResponse
 
 from .csrf import require_same_origin
-from .errors import AuthorizationDenied, CookiesBlocked, LaunchError, SessionExpired, StateError, TokenError
+from .errors import (
+    AppError,
+    AuthorizationDenied,
+    ConfigError,
+    CookiesBlocked,
+    LaunchError,
+    SessionExpired,
+    StateError,
+    TokenError,
+)
 from .fhir import is_fhir_id, read_patient
+from .http import same_origin
 from .keys import app_keys
 from .models import LaunchContext
 from .registration import registration
-from .session import COOKIE, SmartSession, current_session, new_session_id, token_record
+from .session import COOKIE, SmartSession, current_session, end_session, new_session_id, token_record
 from .session_store import store
 from .smart import (
     Discovery,
@@ -64,10 +74,34 @@ def discovery() -> Discovery:
 
 
 def redirect_uri() -> str:
+    """The registered redirect_uri: launch.json's `redirect_uris` (the one under IMAGING_PUBLIC_URL).
+
+    Never the request's Host header, which the client chooses; only a development app with
+    neither `redirect_uris` nor a public URL falls back to its own address (`serve` refuses that).
+    """
+    uris = [u for u in registration().raw.get("redirect_uris") or () if isinstance(u, str)]
     public = current_app.config.get("PUBLIC_URL")
     if public:
-        return public.rstrip("/") + "/callback"
+        wanted = public.rstrip("/") + "/callback"
+        return wanted if not uris or wanted in uris else next((u for u in uris if same_origin(u, public)), uris[0])
+    if uris:
+        return uris[0]
     return url_for("launch.callback", _external=True)
+
+
+def require_public_url(app: Flask) -> None:
+    """`serve` refuses to start without IMAGING_PUBLIC_URL, or with one launch.json does not register."""
+    public = app.config.get("PUBLIC_URL")
+    if not public:
+        raise ConfigError("Set IMAGING_PUBLIC_URL to the address clinicians' browsers reach Imaging Timeline at "
+                          "(e.g. https://timeline.example.org): without it the request's Host header would "
+                          "decide where the EHR sends sign-in answers.")
+    with app.app_context():
+        uris = registration().raw.get("redirect_uris") or []
+    wanted = public.rstrip("/") + "/callback"
+    if uris and wanted not in uris:
+        raise ConfigError(f"IMAGING_PUBLIC_URL is {public}, but launch.json `redirect_uris` does not list "
+                          f"{wanted}; add it there (and in the EHR's registration of the app).")
 
 
 def smart_client_for(iss: str, config: SmartConfiguration | None = None) -> SmartClient:
@@ -138,6 +172,7 @@ def launch() -> BaseResponse:
         "created": time.time(),
     }, current_app.config["PENDING_LAUNCH_TTL_S"])
     log.info("launch: %s launch for %s, redirecting to authorize", kind, reg.iss)
+    resp: BaseResponse
     if frame_binding:
         resp = current_app.make_response(render_template(
             "launch.html", authorize_url=url, launch_config={"state": state, "binding": frame_binding,
@@ -178,6 +213,35 @@ def _matches(value: str | None, digest: str | None) -> bool:
 
 @bp.get("/callback")
 def callback() -> BaseResponse:
+    try:
+        return _callback()
+    except AppError as exc:
+        if not request.args:
+            raise
+        return _clean_error(exc)
+
+
+def _clean_error(exc: AppError) -> BaseResponse:
+    """Show a failed callback at a clean address: the code, state and EHR text leave the address bar."""
+    log.warning("%s %s -> %s: %s%s", request.method, request.path, exc.code, exc.message,
+                f" ({exc.log_detail})" if exc.log_detail else "")
+    ref = secrets.token_urlsafe(16)
+    store().put(f"error:{ref}", {"status": exc.status, "title": exc.title, "message": exc.message,
+                                 "code": exc.code}, 600)
+    return redirect(url_for("launch.sign_in_failed", ref=ref), code=303)
+
+
+@bp.get("/sign-in-failed/<ref>")
+def sign_in_failed(ref: str) -> tuple[str, int]:
+    failed = store().get(f"error:{ref[:64]}")
+    if failed is None:
+        raise StateError("This sign-in failed earlier; the details are no longer kept. Relaunch Imaging Timeline "
+                         "from the patient's chart.")
+    return render_template("error.html", status=failed["status"], title=failed["title"], message=failed["message"],
+                           code=failed["code"]), int(failed["status"])
+
+
+def _callback() -> BaseResponse:
     error = request.args.get("error")
     state = request.args.get("state")
     if error:
@@ -263,7 +327,7 @@ def _complete(pending: dict[str, Any], code: str | None, *, via_frame: bool = Fa
         fhir_context=_fhir_context(answer.get("fhirContext")),
         # Absent need_patient_banner: show the banner (the safe default).
         need_patient_banner=answer.get("need_patient_banner", True) is not False,
-        smart_style_url=answer["smart_style_url"] if _web_url(answer.get("smart_style_url")) else None,
+        smart_style_url=answer["smart_style_url"] if _style_url_allowed(answer.get("smart_style_url"), iss) else None,
         intent=answer.get("intent") if isinstance(answer.get("intent"), str) else None,
         tenant=answer.get("tenant") if isinstance(answer.get("tenant"), str) else None,
         fhir_user=fhir_user_url(claims.get("fhirUser"), iss),
@@ -283,6 +347,18 @@ def _complete(pending: dict[str, Any], code: str | None, *, via_frame: bool = Fa
     resp = redirect(url_for("launch.signed_in" if via_frame else "timeline.timeline"), code=303)
     resp.set_cookie(COOKIE, session.id, max_age=int(current_app.config["SESSION_TTL_S"]), **_cookie_args())
     resp.delete_cookie(BINDING_COOKIE, path="/")
+    return resp
+
+
+@bp.post("/logout")
+def logout() -> BaseResponse:
+    """End this browser's session: the record (tokens) is deleted server-side, the cookie cleared."""
+    require_same_origin()
+    sid = request.cookies.get(COOKIE)
+    if sid:
+        end_session(sid)
+    resp = current_app.make_response(render_template("signed_out.html"))
+    resp.delete_cookie(COOKIE, path="/")
     return resp
 
 
@@ -314,6 +390,17 @@ def _cookies_blocked(*, storage_too: bool) -> CookiesBlocked:
 
 def _web_url(value: Any) -> bool:
     return isinstance(value, str) and urlsplit(value).scheme in {"http", "https"} and bool(urlsplit(value).hostname)
+
+
+def _style_url_allowed(value: Any, iss: str) -> bool:
+    """smart_style_url is fetched only from the issuer's origin or an IMAGING_STYLE_ORIGINS origin."""
+    if not _web_url(value):
+        return False
+    allowed = [iss, *(o.strip() for o in str(current_app.config.get("STYLE_ORIGINS") or "").split(",") if o.strip())]
+    if any(same_origin(value, origin) for origin in allowed):
+        return True
+    log.info("smart_style_url on another origin than the EHR's; not fetched (IMAGING_STYLE_ORIGINS allows more)")
+    return False
 
 
 def _fhir_context(value: Any) -> tuple[str, ...]:

@@ -6,7 +6,7 @@ import logging
 import secrets
 import threading
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from datetime import date
 from typing import Any
 
@@ -57,18 +57,23 @@ class SmartSession:
     patient: PatientSummary
     token: dict[str, Any]
     style: dict[str, str] | None = None
+    created: float = field(default_factory=time.time)  # sign-in: the absolute limit counts from here
+    seen: float = field(default_factory=time.time)  # last use: the idle limit counts from here
 
     def to_record(self) -> dict[str, Any]:
         return {"context": context_to_json(self.context), "patient": self.patient.to_json(),
-                "token": self.token, "style": self.style}
+                "token": self.token, "style": self.style, "created": self.created, "seen": self.seen}
 
     @classmethod
     def from_record(cls, sid: str, rec: dict[str, Any]) -> SmartSession:
+        now = time.time()
         return cls(id=sid, context=context_from_json(rec["context"]), patient=patient_from_json(rec["patient"]),
-                   token=rec["token"], style=rec.get("style"))
+                   token=rec["token"], style=rec.get("style"), created=rec.get("created", now),
+                   seen=rec.get("seen", now))
 
     def save(self) -> None:
-        store().put(f"session:{self.id}", self.to_record(), current_app.config["SESSION_TTL_S"])
+        left = current_app.config["SESSION_TTL_S"] - (time.time() - self.created)
+        store().put(f"session:{self.id}", self.to_record(), max(left, 0.001))
 
     @property
     def iss(self) -> str:
@@ -139,7 +144,34 @@ def current_session(expected_patient: str | None = None) -> SmartSession:
         raise SessionExpired("Your Imaging Timeline session has ended or was never started. Relaunch the app "
                              "from the patient's chart in the EHR.")
     session = SmartSession.from_record(sid, rec)
+    now = time.time()
+    idle_s, max_s = float(current_app.config["SESSION_IDLE_S"]), float(current_app.config["SESSION_TTL_S"])
+    if now - session.created > max_s:
+        end_session(sid)
+        raise SessionExpired(f"Your Imaging Timeline session ended {_span(max_s)} after sign-in. Relaunch the app "
+                             "from the patient's chart in the EHR.")
+    if now - session.seen > idle_s:
+        end_session(sid)
+        raise SessionExpired(f"Your Imaging Timeline session ended after {_span(idle_s)} without use. Relaunch the "
+                             "app from the patient's chart in the EHR.")
+    if now - session.seen > min(60.0, idle_s / 4):  # not a write per request
+        session.seen = now
+        session.save()
     if expected_patient is not None and expected_patient != session.patient.id:
         raise PatientMismatch("This window was opened for a different patient than the app's latest launch. "
                               "Close it and relaunch Imaging Timeline from the chart you are working in.")
     return session
+
+
+def end_session(sid: str) -> None:
+    """Delete a session's record (its tokens) and what it was shown."""
+    store().delete(f"session:{sid}")
+    store().delete(f"shown:{sid}")
+
+
+def _span(seconds: float) -> str:
+    if seconds >= 3600 and seconds % 3600 == 0:
+        return f"{int(seconds // 3600)} hour{'s' if seconds != 3600 else ''}"
+    if seconds >= 60:
+        return f"{round(seconds / 60)} minute{'s' if round(seconds / 60) != 1 else ''}"
+    return f"{seconds:g} seconds"

@@ -259,7 +259,8 @@ def test_unusable_discovery_is_a_502_naming_the_problem(ehr, tmp_path, httpserve
 
 
 def _callback(app_url: str, **params) -> requests.Response:
-    return requests.get(f"{app_url}/callback", params=params, allow_redirects=False, timeout=10)
+    """The callback as a browser follows it: a refusal is shown at a clean address (303 first)."""
+    return requests.get(f"{app_url}/callback", params=params, timeout=10)
 
 
 def test_callback_without_state_is_refused(app_url):
@@ -297,8 +298,7 @@ def test_state_from_another_browser_is_refused(app_url, ehr):
     state = started_state(app_url, ehr, started_in)
     other = requests.Session()
     other.cookies.set("itl_launch", "someone-elses-binding")
-    resp = other.get(f"{app_url}/callback", params={"code": "c", "state": state}, allow_redirects=False,
-                     timeout=10)
+    resp = other.get(f"{app_url}/callback", params={"code": "c", "state": state}, timeout=10)
     assert resp.status_code == 400
     assert "another browser window" in resp.text
 
