@@ -72,8 +72,9 @@ class SmartSession:
                    seen=rec.get("seen", now))
 
     def save(self) -> None:
+        # Kept a minute past the absolute limit, so that current_session can say why it ended.
         left = current_app.config["SESSION_TTL_S"] - (time.time() - self.created)
-        store().put(f"session:{self.id}", self.to_record(), max(left, 0.001))
+        store().put(f"session:{self.id}", self.to_record(), max(left, 0.0) + 60)
 
     @property
     def iss(self) -> str:
