@@ -345,7 +345,7 @@ def _complete(pending: dict[str, Any], code: str | None, *, via_frame: bool = Fa
     log.info("callback: session started (%s launch, %d scopes granted)", context.launch_kind, len(granted))
     # After the frame binding, check that the session cookie came back before showing the timeline.
     resp = redirect(url_for("launch.signed_in" if via_frame else "timeline.timeline"), code=303)
-    resp.set_cookie(COOKIE, session.id, max_age=int(current_app.config["SESSION_TTL_S"]), **_cookie_args())
+    resp.set_cookie(COOKIE, session.id, max_age=int(current_app.config["SESSION_TTL_S"]) + 60, **_cookie_args())
     resp.delete_cookie(BINDING_COOKIE, path="/")
     return resp
 
