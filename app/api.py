@@ -20,6 +20,7 @@ from .http import Deadline
 from .launch import discovery
 from .models import ArchiveStatus, Study
 from .prefetch import Prefetcher
+from .revocation import check_answers
 from .session import SmartSession, current_session
 from .session_store import store
 from .viewers import is_dicom_uid, viewer_links
@@ -191,6 +192,7 @@ def studies() -> Response:
     archives = archives_for(session)
     result = federation().search(session.patient, session.context, session, session_id=session.id,
                                  extra_archives=tuple(a for a in archives.values() if a.source == "discovered"))
+    check_answers(session, result.archives, archives)  # a 401 from the iss: refresh once, else the session ends
     _remember_shown(session, result.studies)
     current = priors.current_study(result.studies, session.context)
     return jsonify({
@@ -249,6 +251,7 @@ def stream() -> Response:
                 session.patient, session.context, session, session_id=session.id, extra_archives=extra)
             for outcome in source:
                 status, found = outcome.status, outcome.studies
+                check_answers(session, [status], archives)  # a 401 from the iss: refresh once, else end
                 statuses.append(status)
                 reports += outcome.reports
                 orders += outcome.orders

@@ -81,16 +81,45 @@ class SmartSession:
         return self.context.iss
 
     def access_token(self) -> str:
-        """A valid access token for the launch `iss`, refreshed shortly before it expires."""
-        if self.token.get("expires_at", float("inf")) - REFRESH_MARGIN_S > time.time():
+        """A valid access token for the launch `iss`, refreshed shortly before it expires.
+
+        A refresh that fails while the token is still valid keeps the token (the EHR may be briefly
+        unreachable); once it has expired, the session ends.
+        """
+        if self.token.get("expires_at", float("inf")) - refresh_margin(self.token) > time.time():
             return self.token["access_token"]
         with _lock_for(self.id):
             fresh = store().get(f"session:{self.id}")  # another thread may have refreshed already
-            if fresh and fresh["token"].get("expires_at", 0) - REFRESH_MARGIN_S > time.time():
+            if fresh and fresh["token"].get("expires_at", 0) - refresh_margin(fresh["token"]) > time.time():
                 self.token = fresh["token"]
                 return self.token["access_token"]
-            self._refresh()
+            try:
+                self._refresh()
+            except SessionExpired:
+                if self.token.get("expires_at", 0) > time.time():
+                    log.info("token refresh failed; the current token is still valid and stays in use")
+                    return self.token["access_token"]
+                end_session(self.id)
+                raise
             return self.token["access_token"]
+
+    def token_rejected(self, rejected: str) -> None:
+        """The launch `iss` answered 401 to `rejected`: refresh once, else end the session (finding 6)."""
+        with _lock_for(self.id):
+            fresh = store().get(f"session:{self.id}")
+            if fresh is None:
+                raise SessionExpired("Your Imaging Timeline session has ended. Relaunch the app from the patient's "
+                                     "chart in the EHR.")
+            if fresh["token"]["access_token"] != rejected:  # another request has refreshed already
+                self.token = fresh["token"]
+                return
+            try:
+                self._refresh()
+            except SessionExpired:
+                end_session(self.id)
+                raise SessionExpired("The EHR no longer accepts this session (HTTP 401) and it could not be "
+                                     "renewed. Relaunch Imaging Timeline from the patient's chart.") from None
+            log.info("the EHR answered 401; the token was refreshed once")
 
     def _refresh(self) -> None:
         from .launch import smart_client_for  # launch owns the client wiring
@@ -121,12 +150,22 @@ def token_record(answer: dict[str, Any], previous: dict[str, Any] | None = None)
     except (TypeError, ValueError):
         lifetime = 300.0
     return {
+        "lifetime": lifetime,
         "access_token": answer["access_token"],
         # RFC 6749 §6: a refresh may or may not rotate the refresh token.
         "refresh_token": answer.get("refresh_token") or (previous or {}).get("refresh_token"),
         "expires_at": time.time() + lifetime,
         "scope": answer.get("scope") or (previous or {}).get("scope"),
     }
+
+
+def refresh_margin(token: dict[str, Any]) -> float:
+    """Refresh this long before expiry: min(60 s, half the token's lifetime), so a short token still lives."""
+    try:
+        lifetime = float(token.get("lifetime", 3600.0))
+    except (TypeError, ValueError):
+        lifetime = 3600.0
+    return min(float(REFRESH_MARGIN_S), lifetime / 2)
 
 
 def new_session_id() -> str:
