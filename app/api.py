@@ -21,7 +21,7 @@ from .launch import discovery
 from .models import ArchiveStatus, Study
 from .prefetch import Prefetcher
 from .revocation import check_answers
-from .session import SmartSession, current_session
+from .session import SmartSession, current_session, session_for_patient
 from .session_store import store
 from .viewers import is_dicom_uid, viewer_links
 
@@ -325,7 +325,6 @@ def thumbnail(archive_id: str, uid: str) -> Response:
 @bp.post("/access-log")
 def record_access() -> Response:
     """Record a viewer opening: who, which patient, which study, which archive, when."""
-    session = _session()
     # JSON only: a cross-site form cannot send application/json without a CORS preflight, which
     # this app never grants, so another site cannot write entries into a clinician's audit trail.
     if not request.is_json:
@@ -333,13 +332,19 @@ def record_access() -> Response:
     data = request.get_json(silent=True)
     if not isinstance(data, dict) or not isinstance(data.get("uid"), str) or not isinstance(data.get("archive"), str):
         raise LaunchError("An access-log entry needs `uid` and `archive`.")
+    # The page names its patient (as the stream does): after a second launch in this browser, the
+    # first tab's openings still belong to the session that tab was opened with.
+    patient = data.get("patient") if isinstance(data.get("patient"), str) else None
+    session = session_for_patient(patient)
     uid, archive_id = data["uid"][:128], data["archive"][:64]
-    if not _was_shown(session, uid, archive_id):
+    compare_uid = data["compare_uid"][:128] if isinstance(data.get("compare_uid"), str) else None
+    if not _was_shown(session, uid, archive_id) or (compare_uid and not _was_shown(session, compare_uid, archive_id)):
         raise FhirNotFound("No such study in this patient's timeline.")
     entry = {
         "time": datetime.now(UTC).isoformat(timespec="seconds"),
         "user": session.context.fhir_user, "patient": session.patient.id, "study": uid, "archive": archive_id,
         "viewer": str(data.get("kind") or "")[:16], "iss": session.iss,
+        **({"compare_study": compare_uid} if compare_uid else {}),  # a comparison opens both studies
     }
     access_log.info("viewer opened: %s", json.dumps(entry))
     path = current_app.config.get("ACCESS_LOG_FILE")

@@ -35,7 +35,15 @@ from .http import same_origin
 from .keys import app_keys
 from .models import LaunchContext
 from .registration import registration
-from .session import COOKIE, SmartSession, current_session, end_session, new_session_id, token_record
+from .session import (
+    COOKIE,
+    SmartSession,
+    current_session,
+    earlier_sessions,
+    end_session,
+    new_session_id,
+    token_record,
+)
 from .session_store import store
 from .smart import (
     Discovery,
@@ -340,7 +348,7 @@ def _complete(pending: dict[str, Any], code: str | None, *, via_frame: bool = Fa
     patient = read_patient(_http(), iss, patient_id, token["access_token"],
                            timeout=current_app.config["HTTP_TIMEOUT_S"])
     session = SmartSession(id=new_session_id(), context=context, patient=patient, token=token,
-                           style=_load_style(context.smart_style_url))
+                           style=_load_style(context.smart_style_url), earlier=earlier_sessions())
     session.save()
     log.info("callback: session started (%s launch, %d scopes granted)", context.launch_kind, len(granted))
     # After the frame binding, check that the session cookie came back before showing the timeline.

@@ -59,17 +59,19 @@ class SmartSession:
     style: dict[str, str] | None = None
     created: float = field(default_factory=time.time)  # sign-in: the absolute limit counts from here
     seen: float = field(default_factory=time.time)  # last use: the idle limit counts from here
+    earlier: tuple[str, ...] = ()  # this browser's previous sessions (other tabs may still show them)
 
     def to_record(self) -> dict[str, Any]:
         return {"context": context_to_json(self.context), "patient": self.patient.to_json(),
-                "token": self.token, "style": self.style, "created": self.created, "seen": self.seen}
+                "token": self.token, "style": self.style, "created": self.created, "seen": self.seen,
+                "earlier": list(self.earlier)}
 
     @classmethod
     def from_record(cls, sid: str, rec: dict[str, Any]) -> SmartSession:
         now = time.time()
         return cls(id=sid, context=context_from_json(rec["context"]), patient=patient_from_json(rec["patient"]),
                    token=rec["token"], style=rec.get("style"), created=rec.get("created", now),
-                   seen=rec.get("seen", now))
+                   seen=rec.get("seen", now), earlier=tuple(rec.get("earlier") or ()))
 
     def save(self) -> None:
         # Kept a minute past the absolute limit, so that current_session can say why it ended.
@@ -184,23 +186,57 @@ def current_session(expected_patient: str | None = None) -> SmartSession:
         raise SessionExpired("Your Imaging Timeline session has ended or was never started. Relaunch the app "
                              "from the patient's chart in the EHR.")
     session = SmartSession.from_record(sid, rec)
+    _within_limits(session)
+    if expected_patient is not None and expected_patient != session.patient.id:
+        raise PatientMismatch("This window was opened for a different patient than the app's latest launch. "
+                              "Close it and relaunch Imaging Timeline from the chart you are working in.")
+    return session
+
+
+def _within_limits(session: SmartSession) -> None:
+    """SessionExpired (and the record deleted) past the idle or absolute limit; else note the use."""
     now = time.time()
     idle_s, max_s = float(current_app.config["SESSION_IDLE_S"]), float(current_app.config["SESSION_TTL_S"])
     if now - session.created > max_s:
-        end_session(sid)
+        end_session(session.id)
         raise SessionExpired(f"Your Imaging Timeline session ended {_span(max_s)} after sign-in. Relaunch the app "
                              "from the patient's chart in the EHR.")
     if now - session.seen > idle_s:
-        end_session(sid)
+        end_session(session.id)
         raise SessionExpired(f"Your Imaging Timeline session ended after {_span(idle_s)} without use. Relaunch the "
                              "app from the patient's chart in the EHR.")
     if now - session.seen > min(60.0, idle_s / 4):  # not a write per request
         session.seen = now
         session.save()
-    if expected_patient is not None and expected_patient != session.patient.id:
-        raise PatientMismatch("This window was opened for a different patient than the app's latest launch. "
-                              "Close it and relaunch Imaging Timeline from the chart you are working in.")
-    return session
+
+
+def session_for_patient(patient_id: str | None) -> SmartSession:
+    """This browser's live session for `patient_id`: the cookie's, or one it replaced in this browser.
+
+    A second launch in the same browser replaces the cookie, but the first tab still shows its
+    patient; what that tab reports (a viewer opening, for the audit trail) belongs to the session
+    it was opened with. Only sessions this browser held before (remembered at sign-in) qualify.
+    """
+    session = current_session()
+    if patient_id is None or patient_id == session.patient.id:
+        return session
+    for sid in session.earlier:
+        rec = store().get(f"session:{sid}")
+        if rec is not None and rec.get("patient", {}).get("id") == patient_id:
+            earlier = SmartSession.from_record(sid, rec)
+            _within_limits(earlier)
+            return earlier
+    raise PatientMismatch("This window was opened for a different patient than the app's latest launch. "
+                          "Close it and relaunch Imaging Timeline from the chart you are working in.")
+
+
+def earlier_sessions() -> tuple[str, ...]:
+    """At sign-in: the session this browser holds now (and those it replaced), newest first."""
+    sid = request.cookies.get(COOKIE)
+    rec = store().get(f"session:{sid}") if sid else None
+    if not sid or rec is None:
+        return ()
+    return (sid, *(rec.get("earlier") or ()))[:4]
 
 
 def end_session(sid: str) -> None:
