@@ -358,5 +358,9 @@ def record_access() -> Response:
 
 
 def init_app(app: Flask) -> None:
+    # Access entries name patients and studies: they go to IMAGING_ACCESS_LOG only, never the app log.
+    access_log.propagate = False
+    if not app.config.get("ACCESS_LOG_FILE"):
+        log.warning("IMAGING_ACCESS_LOG is not set: viewer openings are not recorded")
     app.extensions["prefetch"] = Prefetcher()
     app.register_blueprint(bp)
