@@ -38,6 +38,7 @@ class FakeEhr:
     token_headers: dict[str, str] = field(default_factory=dict)
     id_token_claims: dict[str, Any] = field(default_factory=dict)
     id_token_key: RSAKey | None = None
+    id_token_forger: Any = None  # callable(claims) -> a hand-made id_token (forgery tests)
     patient_status: int = 200
     authorize_error: str | None = None
     authorizations: list[dict[str, str]] = field(default_factory=list)
@@ -87,6 +88,8 @@ class FakeEhr:
         now = int(time.time())
         payload = {"iss": self.iss, "aud": self.client_id, "sub": "dr-who", "iat": now, "exp": now + 300,
                    "fhirUser": "Practitioner/dr-who", **({"nonce": nonce} if nonce else {}), **claims}
+        if self.id_token_forger is not None:
+            return self.id_token_forger(payload)
         return jwt.encode({"alg": "RS256", "kid": "ehr-1"}, payload, self.id_token_key or self.key)
 
     def _token(self, request: Request) -> Response:
