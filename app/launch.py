@@ -352,7 +352,8 @@ def _complete(pending: dict[str, Any], code: str | None, *, via_frame: bool = Fa
     session.save()
     log.info("callback: session started (%s launch, %d scopes granted)", context.launch_kind, len(granted))
     # After the frame binding, check that the session cookie came back before showing the timeline.
-    resp = redirect(url_for("launch.signed_in" if via_frame else "timeline.timeline"), code=303)
+    target = url_for("launch.signed_in", check=_digest(session.id)[:24]) if via_frame else url_for("timeline.timeline")
+    resp = redirect(target, code=303)
     resp.set_cookie(COOKIE, session.id, max_age=int(current_app.config["SESSION_TTL_S"]) + 60, **_cookie_args())
     resp.delete_cookie(BINDING_COOKIE, path="/")
     return resp
@@ -370,13 +371,19 @@ def logout() -> BaseResponse:
     return resp
 
 
-@bp.get("/signed-in")
-def signed_in() -> BaseResponse:
-    """After a frame-bound sign-in: the timeline if the session cookie came back, else why not (finding 2)."""
+@bp.get("/signed-in/<check>")
+def signed_in(check: str) -> BaseResponse:
+    """After a frame-bound sign-in: the timeline if *that* session's cookie came back, else why not.
+
+    `check` names the session just started (a digest, not the id): an older session cookie this
+    browser still sends must not show its patient in place of the one just launched.
+    """
     try:
-        current_session()
+        session = current_session()
     except SessionExpired:
         raise _cookies_blocked(storage_too=False) from None
+    if not hmac.compare_digest(_digest(session.id)[:24], check[:24]):
+        raise _cookies_blocked(storage_too=False)
     return redirect(url_for("timeline.timeline"), code=303)
 
 

@@ -7,6 +7,7 @@ tests/test_security_browser.py.
 from __future__ import annotations
 
 import html
+import json
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -108,3 +109,21 @@ def test_the_cookie_binding_alone_still_completes_a_non_browser_launch(app_url, 
     assert resp.status_code == 200
     assert resp.url == f"{app_url}/timeline"
     assert "itl_session" in browser.cookies
+
+
+def test_an_older_session_cookie_never_stands_in_for_a_frame_bound_sign_in(app_url, ehr):
+    _, older = launch(app_url, ehr.iss)  # this browser already has a session (patient pat-1)
+    page = requests.get(f"{app_url}/launch", params={"iss": ehr.iss, "launch": "l2"}, headers=BROWSER_NAV,
+                        allow_redirects=False, timeout=10)
+    config = json.loads(html.unescape(page.text.split('id="launch-config">', 1)[1].split("</script>", 1)[0]))
+    answer = requests.get(config["authorize"], allow_redirects=False, timeout=10).headers["Location"]
+    code = parse_qs(urlsplit(answer).query)["code"][0]
+    done = requests.post(f"{app_url}/callback", data={"state": config["state"], "code": code,
+                                                      "binding": config["binding"]},
+                         headers={"Sec-Fetch-Site": "same-origin"}, allow_redirects=False, timeout=10)
+    assert done.status_code == 303  # the frame binding completed the sign-in...
+    # ...but its new cookie was not kept: the older session's cookie must not pass for it.
+    check = requests.get(f"{app_url}{done.headers['Location']}", cookies={"itl_session": older.cookies["itl_session"]},
+                         allow_redirects=False, timeout=10)
+    assert check.status_code == 400
+    assert "cookies-blocked" in check.text
