@@ -94,7 +94,10 @@ def test_the_frame_binding_completes_a_launch_whose_cookie_was_lost(context, dem
     context.unroute_all()
     context.clear_cookies()  # ...after its launch cookie was dropped, as an embedded app's is
     page = context.pages[0]
-    page.goto(url)
+    with page.expect_request(lambda r: r.method == "POST" and r.url.endswith("/callback")) as posted:
+        page.goto(url)
+    # The page's own Origin (not "null"): browsers without Fetch Metadata pass the same-origin check.
+    assert posted.value.all_headers().get("origin") == demo.base_url
     page.locator("#timeline").wait_for(timeout=15_000)
     assert page.url == f"{demo.base_url}/timeline"
     assert page.locator("#timeline").get_attribute("data-patient-id") == "pat-amy"
