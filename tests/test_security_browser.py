@@ -120,3 +120,14 @@ def test_a_cross_site_http_frame_is_explained_not_called_expired(context, cross_
     assert "over plain http" in text
     assert "new window" in text and "https" in text
     assert "Session expired" not in text
+
+
+def test_sign_out_in_the_chart_frame_ends_the_session(context, demo):
+    page = context.new_page()
+    page.goto(f"{demo.base_url}/sandbox/?patient=pat-amy")
+    frame = page.frame_locator("#app-frame")
+    frame.locator("#timeline").wait_for(timeout=15_000)
+    frame.get_by_role("button", name="Sign out").click()
+    frame.locator('[data-error-code="signed-out"]').wait_for(timeout=15_000)
+    status = page.frames[-1].evaluate("() => fetch('/api/context', {credentials: 'same-origin'}).then(r => r.status)")
+    assert status == 401
