@@ -20,7 +20,7 @@ from .http import Deadline
 from .launch import discovery
 from .models import ArchiveStatus, Study
 from .prefetch import Prefetcher
-from .revocation import check_answers
+from .revocation import check_answers, check_error
 from .session import SmartSession, current_session, session_for_patient
 from .session_store import store
 from .viewers import is_dicom_uid, viewer_links
@@ -314,6 +314,7 @@ def thumbnail(archive_id: str, uid: str) -> Response:
         raise_for_status(answer)
     except ArchiveError as exc:
         log.info("thumbnail from %s failed: %s", archive_id, exc.code)
+        check_error(session, archive, exc)  # a 401 from the iss: refresh once, else the session ends
         return Response(status=404, headers={"Cache-Control": "private, max-age=60"})
     if answer.content_type not in {"image/jpeg", "image/png", "image/gif"} or not answer.body:
         return Response(status=404, headers={"Cache-Control": "private, max-age=60"})

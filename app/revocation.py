@@ -10,6 +10,7 @@ import logging
 from collections.abc import Iterable, Mapping
 
 from .archives.config import ArchiveConfig
+from .errors import ArchiveAuthError, ArchiveError
 from .models import ArchiveStatus
 from .session import SmartSession
 
@@ -18,7 +19,9 @@ log = logging.getLogger(__name__)
 
 def rejected_by_iss(status: ArchiveStatus, archive: ArchiveConfig | None) -> bool:
     """Whether this archive answer is the launch `iss` refusing the clinician's token (HTTP 401)."""
-    return (archive is not None and archive.auth.kind == "ehr" and archive.is_ehr
+    # auth "ehr" is only ever sent to the EHR's own origin (app/archives/auth.py): a 401 there is the
+    # EHR refusing the clinician's token, whether from its FHIR API or its imaging service.
+    return (archive is not None and archive.auth.kind == "ehr"
             and status.error == "archive-auth" and (status.reason or "").startswith("HTTP 401"))
 
 
@@ -34,3 +37,10 @@ def check_answers(session: SmartSession, statuses: Iterable[ArchiveStatus],
             session.token_rejected(session.token["access_token"])
             return True
     return False
+
+
+def check_error(session: SmartSession, archive: ArchiveConfig, exc: ArchiveError) -> None:
+    """The same rule for a single request (a thumbnail from the EHR's own DICOMweb service)."""
+    if isinstance(exc, ArchiveAuthError) and archive.auth.kind == "ehr" and exc.message.startswith("HTTP 401"):
+        log.info("archive %s (the launch iss) answered 401 to a thumbnail", archive.id)
+        session.token_rejected(session.token["access_token"])

@@ -104,3 +104,22 @@ def test_a_failed_refresh_keeps_a_still_valid_token(demo):
         token.refresh_revoked = True  # ...and fails
     resp = browser.get(f"{demo.base_url}/api/context", timeout=10)
     assert resp.status_code == 200
+
+
+def test_a_401_to_a_thumbnail_from_the_ehrs_imaging_service_ends_the_session(tmp_path):
+    from app.archives.config import load_archives
+    from sandbox.demo import DEMO_ARCHIVES
+
+    only_ehr = tuple(a for a in load_archives(DEMO_ARCHIVES, substitutions={"sandbox": "http://x"}) if a.id == "ehr")
+    with serve_demo(sandbox_options={"advertise_imaging_endpoints": True},
+                    app_options={"APP_KEYS": KEYS, "SESSION_STORE": f"sqlite:///{tmp_path / 's.db'}",
+                                 "ARCHIVES": only_ehr, "PREFETCH_SEARCH": False}) as demo:
+        browser = _launch(demo)
+        shown = browser.get(f"{demo.base_url}/api/studies", timeout=60).json()["studies"]
+        study = next(s for s in shown if s["thumbnail"])
+        _revoke(demo, refresh_too=True)
+        demo.sandbox.extensions["sandbox"].faults["dicomweb"] = "401"  # its imaging service refuses the token
+        thumb = browser.get(demo.base_url + study["thumbnail"], timeout=30)
+        after = browser.get(f"{demo.base_url}/api/context", timeout=10)
+    assert thumb.status_code in {401, 404}
+    assert after.status_code == 401
