@@ -285,22 +285,29 @@ def callback_from_frame() -> BaseResponse:
 
 
 def _ehr_error(error: str, state: str | None) -> None:
-    """The authorization server's error answer (RFC 6749 §4.1.2.1), shown only for a pending launch."""
+    """The authorization server's error answer (RFC 6749 §4.1.2.1), shown only for this browser's launch."""
     pending = store().take(f"pending:{state}") if state else None
     if pending is None:
         # Anyone can link to /callback?error=...: without a launch of ours, show none of its text.
         raise StateError("This sign-in answer does not belong to a launch in progress. Relaunch Imaging Timeline "
                          "from the patient's chart.", log_detail=f"error={error[:80]} without a pending launch")
-    description = request.args.get("error_description", "")[:300]
+    # The EHR's words only where the answer is bound to this browser's launch (its launch cookie):
+    # an attacker's own pending launch must not carry their text onto the app's origin.
+    ours = _matches(request.cookies.get(BINDING_COOKIE), pending["binding"])
+    code = error if ERROR_CODE.fullmatch(error) else "an unrecognised error"
+    description = request.args.get("error_description", "")[:300] if ours else ""
     if error == "access_denied":
         message = "Access to this patient's imaging was declined at sign-in. Relaunch from the chart and " \
                   "approve access to continue."
     else:
-        message = f"The EHR's sign-in answered `{error[:80]}`. Ask your administrator to check the app's " \
+        message = f"The EHR's sign-in answered `{code}`. Ask your administrator to check the app's " \
                   "registration."
     if description:
         message += f" The EHR's own words (not checked by Imaging Timeline): \u201c{description}\u201d"
-    raise AuthorizationDenied(message, log_detail=f"error={error[:80]}")
+    raise AuthorizationDenied(message, log_detail=f"error={code}" + ("" if ours else " (not this browser's launch)"))
+
+
+ERROR_CODE = re.compile(r"[a-z_]{1,40}")  # RFC 6749 §4.1.2.1 error codes
 
 
 def _complete(pending: dict[str, Any], code: str | None, *, via_frame: bool = False) -> BaseResponse:

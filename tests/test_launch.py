@@ -312,8 +312,10 @@ def test_access_denied_is_a_readable_403(app_url, ehr):
 
 
 def test_ehr_error_description_is_escaped_and_quoted(app_url, ehr):
-    state = started_state(app_url, ehr)
-    resp = _callback(app_url, state=state, error="invalid_scope", error_description="<script>alert(1)</script>")
+    browser = requests.Session()
+    state = started_state(app_url, ehr, browser)  # this browser's launch: its launch cookie binds the answer
+    resp = browser.get(f"{app_url}/callback", timeout=10, params={
+        "state": state, "error": "invalid_scope", "error_description": "<script>alert(1)</script>"})
     assert resp.status_code == 403
     assert "<script>alert(1)" not in resp.text
     assert "The EHR&#39;s own words (not checked by Imaging Timeline): \u201c&lt;script&gt;" in resp.text

@@ -127,3 +127,12 @@ def test_an_older_session_cookie_never_stands_in_for_a_frame_bound_sign_in(app_u
                          allow_redirects=False, timeout=10)
     assert check.status_code == 400
     assert "cookies-blocked" in check.text
+
+
+def test_error_text_on_an_attackers_own_pending_launch_is_not_shown_to_another_browser(app_url, ehr):
+    state = started_state(app_url, ehr)  # the attacker's launch, pending on the server
+    victim = requests.get(f"{app_url}/callback", timeout=10, params={
+        "state": state, "error": "server_error<b>Call 555-0100</b>", "error_description": "Call 555-0100 now"})
+    assert victim.status_code == 403
+    assert "555-0100" not in victim.text
+    assert "an unrecognised error" in victim.text
