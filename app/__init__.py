@@ -94,6 +94,8 @@ def _security_headers(app: Flask) -> None:
         )
         resp.headers.setdefault("X-Content-Type-Options", "nosniff")
         resp.headers.setdefault("Referrer-Policy", "no-referrer")
-        if request.path in ("/callback", "/launch") or request.path.startswith("/api/"):
+        # Every page but the static files may hold PHI or a sign-in answer: never stored. Thumbnails
+        # set their own (private) caching.
+        if not request.path.startswith("/static/"):
             resp.headers.setdefault("Cache-Control", "no-store")
         return resp

@@ -21,7 +21,8 @@ from .http import Deadline
 from .launch import discovery
 from .models import ArchiveStatus, Study
 from .prefetch import Prefetcher
-from .session import SmartSession, current_session
+from .revocation import check_answers, check_error
+from .session import SmartSession, current_session, session_for_patient
 from .session_store import store
 from .viewers import images_note, is_dicom_uid, viewer_links
 
@@ -215,6 +216,7 @@ def studies() -> Response:
     archives = archives_for(session)
     extra = tuple(a for a in archives.values() if a.source == "discovered")
     result = federation().merge(session.patient, search_outcomes(session, extra), extra)
+    check_answers(session, result.archives, archives)  # a 401 from the iss: refresh once, else the session ends
     _remember_shown(session, result.studies)
     current = priors.current_study(result.studies, session.context)
     return jsonify({
@@ -272,6 +274,7 @@ def stream() -> Response:
         try:
             for outcome in search_outcomes(session, extra):
                 status, found = outcome.status, outcome.studies
+                check_answers(session, [status], archives)  # a 401 from the iss: refresh once, else end
                 statuses.append(status)
                 reports += outcome.reports
                 orders += outcome.orders
@@ -336,6 +339,7 @@ def thumbnail(archive_id: str, uid: str) -> Response:
         raise_for_status(answer)
     except ArchiveError as exc:
         log.info("thumbnail from %s failed: %s", archive_id, exc.code)
+        check_error(session, archive, exc)  # a 401 from the iss: refresh once, else the session ends
         return Response(status=404, headers={"Cache-Control": "private, max-age=60"})
     if answer.content_type not in {"image/jpeg", "image/png", "image/gif"} or not answer.body:
         return Response(status=404, headers={"Cache-Control": "private, max-age=60"})
@@ -347,7 +351,6 @@ def thumbnail(archive_id: str, uid: str) -> Response:
 @bp.post("/access-log")
 def record_access() -> Response:
     """Record a viewer opening: who, which patient, which study, which archive, when."""
-    session = _session()
     # JSON only: a cross-site form cannot send application/json without a CORS preflight, which
     # this app never grants, so another site cannot write entries into a clinician's audit trail.
     if not request.is_json:
@@ -355,13 +358,19 @@ def record_access() -> Response:
     data = request.get_json(silent=True)
     if not isinstance(data, dict) or not isinstance(data.get("uid"), str) or not isinstance(data.get("archive"), str):
         raise LaunchError("An access-log entry needs `uid` and `archive`.")
+    # The page names its patient (as the stream does): after a second launch in this browser, the
+    # first tab's openings still belong to the session that tab was opened with.
+    patient = data.get("patient") if isinstance(data.get("patient"), str) else None
+    session = session_for_patient(patient)
     uid, archive_id = data["uid"][:128], data["archive"][:64]
-    if not _was_shown(session, uid, archive_id):
+    compare_uid = data["compare_uid"][:128] if isinstance(data.get("compare_uid"), str) else None
+    if not _was_shown(session, uid, archive_id) or (compare_uid and not _was_shown(session, compare_uid, archive_id)):
         raise FhirNotFound("No such study in this patient's timeline.")
     entry = {
         "time": datetime.now(UTC).isoformat(timespec="seconds"),
         "user": session.context.fhir_user, "patient": session.patient.id, "study": uid, "archive": archive_id,
         "viewer": str(data.get("kind") or "")[:16], "iss": session.iss,
+        **({"compare_study": compare_uid} if compare_uid else {}),  # a comparison opens both studies
     }
     access_log.info("viewer opened: %s", json.dumps(entry))
     path = current_app.config.get("ACCESS_LOG_FILE")
@@ -375,6 +384,10 @@ def record_access() -> Response:
 
 
 def init_app(app: Flask) -> None:
+    # Access entries name patients and studies: they go to IMAGING_ACCESS_LOG only, never the app log.
+    access_log.propagate = False
+    if not app.config.get("ACCESS_LOG_FILE"):
+        log.warning("IMAGING_ACCESS_LOG is not set: viewer openings are not recorded")
     app.extensions["prefetch"] = Prefetcher(store=app.extensions.get("session_store"))
     app.register_blueprint(bp)
     report_api.init_app(app)

@@ -33,7 +33,11 @@ ENV_KEYS = {
     "IMAGING_TIMELINE_KEY_FILE": "PRIVATE_KEY_FILE",  # PEM for private_key_jwt; else generated
     "IMAGING_ACCESS_LOG": "ACCESS_LOG_FILE",  # where viewer openings are recorded
     "IMAGING_SESSION_KEY_FILE": "SESSION_KEY_FILE",  # Fernet key encrypting session records at rest
+    "IMAGING_SESSION_IDLE_S": "SESSION_IDLE_S",  # a session unused this long ends
+    "IMAGING_SESSION_MAX_S": "SESSION_TTL_S",  # a session ends this long after sign-in, used or not
+    "IMAGING_STYLE_ORIGINS": "STYLE_ORIGINS",  # comma-separated origins smart_style_url may name
 }
+NUMERIC = {"SESSION_IDLE_S", "SESSION_TTL_S"}
 
 DEFAULTS: dict[str, Any] = {
     "LAUNCH_CONFIG": "launch.json",  # relative to the working directory
@@ -41,7 +45,9 @@ DEFAULTS: dict[str, Any] = {
     "ARCHIVES": None,  # parsed archive list may be given directly (demo, tests)
     "SESSION_STORE": None,  # None: an SQLite file in the instance folder
     "SESSION_KEY_FILE": None,  # None: a key per process (SQLite only; Redis needs a shared key)
-    "SESSION_TTL_S": 8 * 3600,
+    "SESSION_TTL_S": 8 * 3600,  # the absolute limit
+    "SESSION_IDLE_S": 3600,
+    "STYLE_ORIGINS": None,  # besides the issuer's own origin
     "PENDING_LAUNCH_TTL_S": 600,
     "DISCOVERY_TTL_S": 3600,
     "HTTP_TIMEOUT_S": 10.0,
@@ -61,7 +67,7 @@ def load_settings(overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
     settings = dict(DEFAULTS)
     for env, key in ENV_KEYS.items():
         if os.environ.get(env):
-            settings[key] = os.environ[env]
+            settings[key] = float(os.environ[env]) if key in NUMERIC else os.environ[env]
     if overrides:
         settings.update(overrides)
     return settings

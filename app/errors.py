@@ -99,6 +99,22 @@ class SessionExpired(AppError):
     code = "session-expired"
 
 
+class CookiesBlocked(AppError):
+    """The browser did not keep the session cookie (an embedded app over http, or cookies blocked)."""
+
+    status = 400
+    title = "The browser blocked the app's session"
+    code = "cookies-blocked"
+
+
+class CrossSiteRequest(AppError):
+    """A state-changing request that did not come from the app's own pages."""
+
+    status = 403
+    title = "Request refused"
+    code = "cross-site-request"
+
+
 class PatientMismatch(AppError):
     """A request names a patient other than the one this session was launched for."""
 

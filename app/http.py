@@ -113,3 +113,49 @@ def _human(n: int) -> str:
     if n >= 1024 and n % 1024 == 0:
         return f"{n // 1024} kB"
     return f"{n} bytes"
+
+
+class RedirectRefused(requests.RequestException):
+    """A server answered with a redirect where the app's policy is never to follow one."""
+
+    def __init__(self, status: int, location: str) -> None:
+        super().__init__(f"HTTP {status} redirect to {location[:200]!r} not followed")
+        self.status, self.location = status, location
+
+
+class AnswerTooLarge(requests.RequestException, ValueError):
+    """An answer read through PolicySession exceeded its size cap."""
+
+
+class PolicySession(requests.Session):
+    """A requests.Session that applies this module's rules to every call a library makes through it.
+
+    For libraries that make their own requests (authlib's token exchange and refresh): redirects
+    are never followed (a 3xx raises RedirectRefused, so a code, verifier or refresh token is never
+    re-posted to wherever a Location points), every call has a timeout, and the body is read in
+    chunks and cut at `max_bytes`.
+    """
+
+    def __init__(self, *args: Any, timeout: float = 10.0, max_bytes: int = 1024 * 1024, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.policy_timeout, self.policy_max_bytes = timeout, max_bytes
+
+    def request(self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any) -> requests.Response:
+        kwargs["allow_redirects"] = False
+        kwargs["stream"] = True
+        timeout = kwargs.get("timeout")
+        kwargs["timeout"] = self.policy_timeout if timeout is None else min(float(timeout), self.policy_timeout)
+        resp = super().request(method, url, *args, **kwargs)
+        try:
+            if resp.is_redirect or 300 <= resp.status_code < 400:
+                raise RedirectRefused(resp.status_code, resp.headers.get("Location", ""))
+            chunks, size = [], 0
+            for chunk in resp.iter_content(CHUNK):
+                size += len(chunk)
+                if size > self.policy_max_bytes:
+                    raise AnswerTooLarge(f"answer larger than {_human(self.policy_max_bytes)}")
+                chunks.append(chunk)
+            resp._content = b"".join(chunks)  # what .json()/.text read from here on
+        finally:
+            resp.close()
+        return resp

@@ -90,7 +90,11 @@ class ProductionServer(BaseApplication):
 def serve(host: str = "127.0.0.1", port: int = 8000, workers: int = 2, threads: int = 16) -> int:
     """Run until SIGTERM/SIGINT; a configuration error is raised here, before any worker starts."""
     overrides = shared_overrides(load_settings())
-    create_app(overrides)  # fail fast (ConfigError) in the master, with the CLI's clear message
+    from .launch import require_public_url
+
+    # Fail fast (ConfigError) in the master, with the CLI's clear message; without a public URL the
+    # request's Host header would decide where the EHR sends sign-in answers (security finding 9).
+    require_public_url(create_app(overrides))
     # Each worker builds its own app (own SQLite connection, Redis pool, HTTP sessions: none of
     # them survive a fork safely), from the same settings.
     ProductionServer(lambda: create_app(overrides), server_options(host, port, workers, threads)).run()

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import requests
 from flask import Flask, current_app
 
 from .errors import ConfigError, LaunchError, UnknownIssuer
@@ -101,6 +103,26 @@ def validate_iss(iss: str) -> None:
             f"The EHR address (iss) {iss!r} is not a valid https URL of a FHIR server; the EHR's "
             "launch link is misconfigured."
         )
+    if not _normal(iss):
+        # A prefix-registered issuer must not reach another path on its host: the HTTP client
+        # would resolve "../" (RFC 3986 §5.2.4) after the allow-list check has passed.
+        raise LaunchError(
+            f"The EHR address (iss) {iss!r} changes when normalised (it has \".\" or \"..\" segments, "
+            "percent-encoded dots, slashes or backslashes, or characters that are not URL-safe); the EHR's "
+            "launch link is misconfigured or forged."
+        )
+
+
+_ENCODED_SEPARATOR = re.compile(r"%(2e|2f|5c)", re.IGNORECASE)
+
+
+def _normal(iss: str) -> bool:
+    """Whether `iss` is exactly the URL an HTTP client would request (nothing to resolve or re-encode)."""
+    path = urlsplit(iss).path
+    if "\\" in iss or _ENCODED_SEPARATOR.search(iss) or any(seg in {".", ".."} for seg in path.split("/")):
+        return False
+    prepared = requests.Request("GET", iss).prepare().url or ""
+    return prepared in {iss, iss + "/"} if not path else prepared == iss
 
 
 def _err(path: str, where: str, msg: str) -> ConfigError:

@@ -7,7 +7,10 @@ third-party cookies are blocked between /launch and /callback.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -55,6 +58,7 @@ class SQLiteStore:
         self.path = str(path)
         self.clock = clock
         self._lock = threading.Lock()
+        _create_private(self.path)
         self._db = sqlite3.connect(self.path, timeout=10, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("CREATE TABLE IF NOT EXISTS kv (k TEXT PRIMARY KEY, v TEXT NOT NULL, exp REAL NOT NULL)")
@@ -101,6 +105,20 @@ class SQLiteStore:
             self._db.execute("DELETE FROM kv WHERE k = ? AND v = ?", (key, json.dumps({"lock": token})))
 
 
+def _create_private(path: str) -> None:
+    """Create the database file (and its WAL/SHM companions) readable by the app's user only.
+
+    SQLite gives the -wal and -shm files the database file's permissions, but only when it
+    creates them; they are made here too so that a umask never decides.
+    """
+    if path == ":memory:" or path.startswith("file:"):
+        return
+    for name in (path, f"{path}-wal", f"{path}-shm"):
+        fd = os.open(name, os.O_CREAT | os.O_RDWR, 0o600)
+        os.close(fd)
+        os.chmod(name, 0o600)
+
+
 class RedisStore:
     """Scale-out store: several app processes behind a load balancer share sessions."""
 
@@ -143,13 +161,23 @@ class EncryptedStore:
     Session records hold access and refresh tokens; a copied SQLite file or Redis dump without
     the key reveals none of them. A record that does not decrypt (other key, tampering) reads as
     absent, which the app shows as "session expired".
+
+    The keys are bearer values too (a session id is the cookie; a pending launch is keyed by its
+    `state`), so the backing store sees only `kind:` plus an HMAC-SHA256 of the whole key under a
+    key derived from the encryption key: whoever reads the file or Redis cannot present them.
     """
 
     def __init__(self, inner: SessionStore, key: bytes) -> None:
         self.inner = inner
         self.fernet = Fernet(key)
+        self._mac_key = hmac.new(key, b"imaging-timeline store keys v1", hashlib.sha256).digest()
+
+    def _key(self, key: str) -> str:
+        kind = key.split(":", 1)[0]
+        return f"{kind}:{hmac.new(self._mac_key, key.encode(), hashlib.sha256).hexdigest()}"
 
     def put(self, key: str, value: dict[str, Any], ttl_s: float) -> None:
+        key = self._key(key)
         self.inner.put(key, {"enc": self.fernet.encrypt(json.dumps(value).encode()).decode()}, ttl_s)
 
     def _open(self, record: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -161,13 +189,13 @@ class EncryptedStore:
             return None
 
     def get(self, key: str) -> dict[str, Any] | None:
-        return self._open(self.inner.get(key))
+        return self._open(self.inner.get(self._key(key)))
 
     def take(self, key: str) -> dict[str, Any] | None:
-        return self._open(self.inner.take(key))
+        return self._open(self.inner.take(self._key(key)))
 
     def delete(self, key: str) -> None:
-        self.inner.delete(key)
+        self.inner.delete(self._key(key))
 
     def acquire(self, key: str, token: str, ttl_s: float) -> bool:
         return self.inner.acquire(key, token, ttl_s)  # a lock holds a random token, nothing to hide

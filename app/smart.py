@@ -25,6 +25,7 @@ from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 
 from .errors import DiscoveryError, IdTokenError, TokenError
+from .http import AnswerTooLarge, PolicySession, RedirectRefused
 from .keys import AppKeys, FreshPrivateKeyJWT, as_key_set
 from .registration import IssuerRegistration
 
@@ -197,6 +198,13 @@ def scopes_for(requested: str, config: SmartConfiguration) -> str:
     return " ".join(out)
 
 
+class TokenSession(PolicySession, OAuth2Session):
+    """authlib's OAuth2Session with app/http.py's rules: no redirects, a timeout, a size cap."""
+
+
+MAX_TOKEN_BYTES = 256 * 1024
+
+
 class SmartClient:
     """OAuth 2 client for one registered EHR (authlib underneath)."""
 
@@ -208,7 +216,8 @@ class SmartClient:
             secret = reg.client_secret()
         elif reg.auth_method == "private_key_jwt":
             secret = keys.key(reg.signing_alg)
-        self.session = OAuth2Session(
+        self.session = TokenSession(
+            timeout=timeout, max_bytes=MAX_TOKEN_BYTES,
             client_id=reg.client_id, client_secret=secret, redirect_uri=redirect_uri,
             token_endpoint_auth_method=reg.auth_method, code_challenge_method="S256",
         )
@@ -250,6 +259,16 @@ class SmartClient:
                 + ". Relaunch the app from the chart; if it fails again, ask your administrator to check "
                   "the app's registration (client id, redirect URI, keys).",
                 log_detail=f"token endpoint {endpoint}") from exc
+        except RedirectRefused as exc:
+            raise TokenError(
+                f"The EHR's token endpoint answered with a redirect (HTTP {exc.status}); Imaging Timeline never "
+                "follows a redirect with an authorization code or refresh token. Ask your administrator to "
+                "publish the token endpoint's final address in the EHR's SMART configuration.",
+                log_detail=f"token endpoint {endpoint} redirected") from exc
+        except AnswerTooLarge as exc:
+            raise TokenError(
+                f"The EHR's token endpoint answered with something larger than {MAX_TOKEN_BYTES // 1024} kB; "
+                "it was not used. Tell your administrator.", log_detail=endpoint) from exc
         except requests.HTTPError as exc:
             raise TokenError(
                 f"The EHR's token endpoint failed with HTTP {exc.response.status_code}. Try again in a "

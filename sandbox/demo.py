@@ -42,11 +42,16 @@ class Demo:
 
 def build_demo(base_url: str, *, extra_archives: str | None = None,
                sandbox_options: Mapping[str, Any] | None = None,
-               app_options: Mapping[str, Any] | None = None) -> tuple[Flask, Flask]:
-    """The app (registered with the sandbox EHR) and the sandbox (with the app as its client)."""
+               app_options: Mapping[str, Any] | None = None, app_url: str | None = None) -> tuple[Flask, Flask]:
+    """The app (registered with the sandbox EHR) and the sandbox (with the app as its client).
+
+    `app_url` puts the app on another origin than the sandbox (e.g. http://localhost:PORT beside
+    http://127.0.0.1:PORT): a cross-site EHR frame, as a hospital's EHR and app servers are.
+    """
     from app.archives.config import load_archives
 
     sandbox_url = f"{base_url}/sandbox"
+    base_url = app_url.rstrip("/") if app_url else base_url  # where the app is reached from here on
     archives = load_archives(DEMO_ARCHIVES, substitutions={"sandbox": sandbox_url})
     if extra_archives:
         extra = load_archives(extra_archives, substitutions={"sandbox": sandbox_url})
@@ -66,11 +71,16 @@ def build_demo(base_url: str, *, extra_archives: str | None = None,
 
 
 @contextmanager
-def serve_demo(port: int = 0, **options: Any) -> Iterator[Demo]:
-    """Serve the demo in a background thread (tests, benchmarks); port 0 picks a free port."""
+def serve_demo(port: int = 0, *, app_host: str | None = None, **options: Any) -> Iterator[Demo]:
+    """Serve the demo in a background thread (tests, benchmarks); port 0 picks a free port.
+
+    `app_host` (e.g. "localhost") serves the app under that name and the sandbox under 127.0.0.1:
+    the chart then frames the app cross-site.
+    """
     with background_server(port=port) as server:  # the real app is set once the port is known
         base_url = f"http://127.0.0.1:{server.server_port}"
-        app, sandbox = build_demo(base_url, **options)
+        app_url = f"http://{app_host}:{server.server_port}" if app_host else None
+        app, sandbox = build_demo(base_url, app_url=app_url, **options)
         server.app = DispatcherMiddleware(app, {"/sandbox": sandbox})
         yield Demo(base_url, app, sandbox, server)
 

@@ -955,7 +955,9 @@
 
   function logOpening(anchor) {
     if (!config.accessLogUrl) return;
-    const payload = { uid: anchor.dataset.uid, archive: anchor.dataset.archive, kind: anchor.dataset.kind };
+    const payload = {
+      uid: anchor.dataset.uid, archive: anchor.dataset.archive, kind: anchor.dataset.kind, patient: config.patientId,
+    };
     if (anchor.dataset.compareUid) payload.compare_uid = anchor.dataset.compareUid;
     const body = JSON.stringify(payload);
     const sent = navigator.sendBeacon

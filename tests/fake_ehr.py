@@ -35,8 +35,10 @@ class FakeEhr:
     token_status: int = 200
     token_body: Any = None  # None: a good token response; dict/str overrides
     token_extra: dict[str, Any] = field(default_factory=dict)
+    token_headers: dict[str, str] = field(default_factory=dict)
     id_token_claims: dict[str, Any] = field(default_factory=dict)
     id_token_key: RSAKey | None = None
+    id_token_forger: Any = None  # callable(claims) -> a hand-made id_token (forgery tests)
     patient_status: int = 200
     authorize_error: str | None = None
     authorizations: list[dict[str, str]] = field(default_factory=list)
@@ -86,12 +88,15 @@ class FakeEhr:
         now = int(time.time())
         payload = {"iss": self.iss, "aud": self.client_id, "sub": "dr-who", "iat": now, "exp": now + 300,
                    "fhirUser": "Practitioner/dr-who", **({"nonce": nonce} if nonce else {}), **claims}
+        if self.id_token_forger is not None:
+            return self.id_token_forger(payload)
         return jwt.encode({"alg": "RS256", "kid": "ehr-1"}, payload, self.id_token_key or self.key)
 
     def _token(self, request: Request) -> Response:
         self.token_requests.append(request)
         if isinstance(self.token_body, str):
-            return Response(self.token_body, status=self.token_status, content_type="text/html")
+            return Response(self.token_body, status=self.token_status, content_type="text/html",
+                            headers=self.token_headers)
         body = self.token_body
         if body is None:
             scope = self.authorizations[-1].get("scope", "") if self.authorizations else ""
@@ -100,7 +105,8 @@ class FakeEhr:
             if "openid" in scope.split():
                 body["id_token"] = self.id_token(**self.id_token_claims)
             body.update(self.token_extra)
-        return Response(json.dumps(body), status=self.token_status, content_type="application/json")
+        return Response(json.dumps(body), status=self.token_status, content_type="application/json",
+                        headers=self.token_headers)
 
     def _patient(self, request: Request) -> Response:
         if request.headers.get("Authorization") != "Bearer at-secret-123":

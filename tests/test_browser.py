@@ -185,6 +185,15 @@ def test_filter_by_modality_without_reload(page, demo):
 
 def test_viewer_link_opens_in_a_new_tab_and_is_logged(page, demo, caplog):
     caplog.set_level(logging.INFO, logger="app.access")
+    access = logging.getLogger("app.access")  # it does not propagate to the root (the general log)
+    access.addHandler(caplog.handler)
+    try:
+        _open_viewer_and_check_the_log(page, demo, caplog)
+    finally:
+        access.removeHandler(caplog.handler)
+
+
+def _open_viewer_and_check_the_log(page, demo, caplog):
     frame = open_chart(page, demo, "pat-amy")
     wait_done(frame)
     link = frame.locator("a.viewer-link").first

@@ -7,7 +7,6 @@ import html
 import logging
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -15,13 +14,8 @@ import requests
 from joserfc import jwt
 from joserfc.jwk import KeySet, RSAKey
 
-from app import create_app
-from app.keys import generate_keys
 from tests.fake_ehr import FakeEhr
-from tests.servers import serve
-
-APP_KEYS = generate_keys()
-SCOPE = "launch openid fhirUser patient/Patient.rs patient/ImagingStudy.rs patient/DiagnosticReport.rs"
+from tests.launching import SCOPE, launch, running_app, started_state
 
 
 @pytest.fixture
@@ -29,28 +23,10 @@ def ehr(httpserver) -> FakeEhr:
     return FakeEhr(httpserver).install()
 
 
-@contextmanager
-def running_app(ehr: FakeEhr, tmp_path, issuer: dict | None = None, **config) -> Iterator[str]:
-    launch_config = {
-        "client_id": "imaging-timeline", "client_name": "Imaging Timeline", "scope": SCOPE,
-        "issuers": [{"iss": ehr.iss, "token_endpoint_auth_method": "none", **(issuer or {})}],
-    }
-    app = create_app({"LAUNCH_CONFIG": launch_config, "APP_KEYS": APP_KEYS,
-                      "SESSION_STORE": f"sqlite:///{tmp_path / 's.db'}", "ARCHIVES": (), **config})
-    with serve(app) as url:
-        yield url
-
-
 @pytest.fixture
 def app_url(ehr, tmp_path) -> Iterator[str]:
     with running_app(ehr, tmp_path) as url:
         yield url
-
-
-def launch(app_url: str, iss: str, launch: str | None = "lx-1", browser: requests.Session | None = None):
-    browser = browser or requests.Session()
-    params = {"iss": iss, **({"launch": launch} if launch is not None else {})}
-    return browser.get(f"{app_url}/launch", params=params, timeout=10), browser
 
 
 # --- The happy path --------------------------------------------------------------------------------
@@ -283,14 +259,8 @@ def test_unusable_discovery_is_a_502_naming_the_problem(ehr, tmp_path, httpserve
 
 
 def _callback(app_url: str, **params) -> requests.Response:
-    return requests.get(f"{app_url}/callback", params=params, allow_redirects=False, timeout=10)
-
-
-def _started_state(app_url: str, ehr: FakeEhr, browser: requests.Session | None = None) -> str:
-    browser = browser or requests.Session()
-    resp = browser.get(f"{app_url}/launch", params={"iss": ehr.iss, "launch": "l"}, allow_redirects=False,
-                       timeout=10)
-    return parse_qs(urlsplit(resp.headers["Location"]).query)["state"][0]
+    """The callback as a browser follows it: a refusal is shown at a clean address (303 first)."""
+    return requests.get(f"{app_url}/callback", params=params, timeout=10)
 
 
 def test_callback_without_state_is_refused(app_url):
@@ -316,7 +286,7 @@ def test_replayed_state_is_refused(app_url, ehr):
 
 def test_expired_state_is_refused(ehr, tmp_path):
     with running_app(ehr, tmp_path, PENDING_LAUNCH_TTL_S=0.3) as url:
-        state = _started_state(url, ehr)
+        state = started_state(url, ehr)
         time.sleep(0.6)
         resp = _callback(url, code="c", state=state)
     assert resp.status_code == 400
@@ -325,11 +295,10 @@ def test_expired_state_is_refused(ehr, tmp_path):
 
 def test_state_from_another_browser_is_refused(app_url, ehr):
     started_in = requests.Session()
-    state = _started_state(app_url, ehr, started_in)
+    state = started_state(app_url, ehr, started_in)
     other = requests.Session()
     other.cookies.set("itl_launch", "someone-elses-binding")
-    resp = other.get(f"{app_url}/callback", params={"code": "c", "state": state}, allow_redirects=False,
-                     timeout=10)
+    resp = other.get(f"{app_url}/callback", params={"code": "c", "state": state}, timeout=10)
     assert resp.status_code == 400
     assert "another browser window" in resp.text
 
@@ -342,11 +311,14 @@ def test_access_denied_is_a_readable_403(app_url, ehr):
     assert "The user said no" in resp.text
 
 
-def test_ehr_error_description_is_escaped(app_url):
-    resp = _callback(app_url, error="invalid_scope", error_description="<script>alert(1)</script>")
+def test_ehr_error_description_is_escaped_and_quoted(app_url, ehr):
+    browser = requests.Session()
+    state = started_state(app_url, ehr, browser)  # this browser's launch: its launch cookie binds the answer
+    resp = browser.get(f"{app_url}/callback", timeout=10, params={
+        "state": state, "error": "invalid_scope", "error_description": "<script>alert(1)</script>"})
     assert resp.status_code == 403
     assert "<script>alert(1)" not in resp.text
-    assert "&lt;script&gt;" in resp.text
+    assert "The EHR&#39;s own words (not checked by Imaging Timeline): \u201c&lt;script&gt;" in resp.text
 
 
 @pytest.mark.parametrize("status, body, words", [
@@ -440,15 +412,6 @@ def test_over_https_cookies_survive_a_cross_site_ehr_iframe(ehr, tmp_path):
         assert attribute in cookie
     assert parse_qs(urlsplit(resp.headers["Location"]).query)["redirect_uri"] == [
         "https://timeline.example.org/callback"]
-
-
-def test_the_pending_launch_survives_a_frame_that_dropped_the_cookie(app_url, ehr):
-    started_in = requests.Session()
-    state = _started_state(app_url, ehr, started_in)
-    cookieless = requests.Session()  # third-party cookies blocked: the binding cookie never came back
-    resp = cookieless.get(f"{app_url}/callback", params={"code": "code-x", "state": state}, timeout=10)
-    assert resp.status_code == 200
-    assert resp.url == f"{app_url}/timeline"
 
 
 def test_the_discovery_cache_is_bounded_and_expires(httpserver):

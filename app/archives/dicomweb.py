@@ -19,11 +19,11 @@ Documented, not verified here:
 from __future__ import annotations
 
 import logging
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 from datetime import date, datetime
 
 from pydicom import Dataset
+from pydicom import config as pydicom_config
 from pydicom.valuerep import DA, TM
 
 from ..errors import ArchiveError, ArchiveResponseError
@@ -35,6 +35,12 @@ from .base import ArchiveAnswer, ArchiveClient, Candidate, PatientRef, Subject
 from .config import ArchiveConfig
 
 log = logging.getLogger(__name__)
+
+# Set once, when the reader is first imported (at start-up, before any worker thread): pydicom's
+# read-time validation warns and logs every odd value *quoting it* (birth dates, names, hostile
+# markup) into the app log. Values this module cannot use are counted as skipped instead
+# (ArchiveStatus.skipped), never quoted. A `warnings` filter per call is not thread-safe.
+pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
 
 ACCEPT = "application/dicom+json, application/json;q=0.9"
 STUDY_FIELDS = (
@@ -172,10 +178,7 @@ def _dataset(item: object) -> Dataset | None:
     if not isinstance(item, dict):
         return None
     try:
-        with warnings.catch_warnings():
-            # pydicom warns on odd values (then keeps them); a quirky archive must not abort a search.
-            warnings.simplefilter("ignore")
-            return Dataset.from_json(item)
+        return Dataset.from_json(item)  # read-time validation is off (see above): odd values are kept
     except (ValueError, TypeError, KeyError, AttributeError):
         return None
 
