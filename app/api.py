@@ -388,6 +388,7 @@ def init_app(app: Flask) -> None:
     access_log.propagate = False
     if not app.config.get("ACCESS_LOG_FILE"):
         log.warning("IMAGING_ACCESS_LOG is not set: viewer openings are not recorded")
-    app.extensions["prefetch"] = Prefetcher(store=app.extensions.get("session_store"))
+    app.extensions["prefetch"] = Prefetcher(store=app.extensions.get("session_store"),
+                                            replay_s=float(app.config["SEARCH_REPLAY_S"]))
     app.register_blueprint(bp)
     report_api.init_app(app)

@@ -56,6 +56,7 @@ DEFAULTS: dict[str, Any] = {
     "PRIVATE_KEY_FILE": None,
     "ACCESS_LOG_FILE": None,
     "STUDY_CACHE_TTL_S": 120,
+    "SEARCH_REPLAY_S": 10.0,  # a finished search is replayed to a reload or second stream this long
     "FEDERATION_DEADLINE_S": 30.0,
     "PREFETCH_SEARCH": True,  # start the archive searches when /timeline is served
     "FRAME_ANCESTORS": None,  # extra CSP frame-ancestors origins beyond the allow-listed issuers

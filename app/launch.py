@@ -97,13 +97,28 @@ def redirect_uri() -> str:
     return url_for("launch.callback", _external=True)
 
 
+def registered_public_url(app: Flask) -> str | None:
+    """The app's public address as launch.json registers it: one `redirect_uris` entry ending in /callback.
+
+    With IMAGING_PUBLIC_URL unset, this is the address the EHR sends sign-in answers to, so it is
+    the public address (and says whether cookies must be Secure); with several entries it is ambiguous.
+    """
+    with app.app_context():
+        uris = [u for u in registration().raw.get("redirect_uris") or () if isinstance(u, str)]
+    if len(uris) == 1 and uris[0].endswith("/callback") and _web_url(uris[0]):
+        return uris[0].removesuffix("/callback")
+    return None
+
+
 def require_public_url(app: Flask) -> None:
-    """`serve` refuses to start without IMAGING_PUBLIC_URL, or with one launch.json does not register."""
+    """`serve` refuses to start without a public URL (IMAGING_PUBLIC_URL, or launch.json's single
+    redirect_uri), or with one launch.json does not register."""
     public = app.config.get("PUBLIC_URL")
     if not public:
         raise ConfigError("Set IMAGING_PUBLIC_URL to the address clinicians' browsers reach Imaging Timeline at "
-                          "(e.g. https://timeline.example.org): without it the request's Host header would "
-                          "decide where the EHR sends sign-in answers.")
+                          "(e.g. https://timeline.example.org), or register exactly one `redirect_uris` entry in "
+                          "launch.json: without either the request's Host header would decide where the EHR sends "
+                          "sign-in answers.")
     with app.app_context():
         uris = registration().raw.get("redirect_uris") or []
     wanted = public.rstrip("/") + "/callback"
@@ -465,6 +480,8 @@ def _load_style(url: str | None) -> dict[str, str] | None:
 
 
 def init_app(app: Flask) -> None:
+    if not app.config.get("PUBLIC_URL"):
+        app.config["PUBLIC_URL"] = registered_public_url(app)
     http = requests.Session()
     http.headers["User-Agent"] = "imaging-timeline/0.1"
     pool = requests.adapters.HTTPAdapter(pool_connections=16, pool_maxsize=32)

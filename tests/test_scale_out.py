@@ -52,9 +52,10 @@ def cluster(tmp_path_factory) -> Iterator[Cluster]:
     port_a, port_b = free_port(), free_port()
     a, b = f"http://127.0.0.1:{port_a}", f"http://127.0.0.1:{port_b}"
     hits: Counter = Counter()
-    # A 62 s access token is due for refresh (REFRESH_MARGIN_S = 60) two seconds after the launch.
+    # A 4 s access token is due for refresh (margin min(60 s, lifetime / 2) = 2 s) two seconds after
+    # the launch, and still valid for two more.
     with redis_server(workdir) as redis, \
-            serve_sandbox(a, config_dir=workdir / "config", options={"access_token_lifetime_s": 62}) as (url, sandbox):
+            serve_sandbox(a, config_dir=workdir / "config", options={"access_token_lifetime_s": 4}) as (url, sandbox):
         @sandbox.before_request
         def count() -> None:
             from flask import request

@@ -22,7 +22,9 @@ KEYS = generate_keys()
 @pytest.fixture
 def demo(tmp_path) -> Iterator[Demo]:
     with serve_demo(app_options={"APP_KEYS": KEYS, "SESSION_STORE": f"sqlite:///{tmp_path / 's.db'}",
-                                 "PREFETCH_SEARCH": False}) as running:
+                                 "PREFETCH_SEARCH": False,
+                                 # every request asks the archives again (no cached list, no replayed search)
+                                 "STUDY_CACHE_TTL_S": 0, "SEARCH_REPLAY_S": 0}) as running:
         yield running
 
 
@@ -47,7 +49,6 @@ def _revoke(demo: Demo, *, refresh_too: bool) -> None:
 def test_a_revoked_session_with_a_dead_refresh_token_ends(demo):
     browser = _launch(demo)
     assert browser.get(f"{demo.base_url}/api/studies", timeout=60).status_code == 200
-    demo.app.extensions["federation"]._cache.clear()  # the next search asks the EHR again
     _revoke(demo, refresh_too=True)
     resp = browser.get(f"{demo.base_url}/api/studies", timeout=60)
     assert resp.status_code == 401
@@ -63,12 +64,10 @@ def test_a_revoked_session_with_a_dead_refresh_token_ends(demo):
 def test_a_revoked_access_token_is_refreshed_once_and_the_session_goes_on(demo):
     browser = _launch(demo)
     before = len(_sandbox_tokens(demo))
-    demo.app.extensions["federation"]._cache.clear()
     _revoke(demo, refresh_too=False)
     resp = browser.get(f"{demo.base_url}/api/studies", timeout=60)
     assert resp.status_code == 200
     assert len(_sandbox_tokens(demo)) == before + 1  # exactly one refresh
-    demo.app.extensions["federation"]._cache.clear()
     again = browser.get(f"{demo.base_url}/api/studies", timeout=60).json()
     assert {a["id"]: a["status"] for a in again["archives"]}["ehr"] == "ok"
 

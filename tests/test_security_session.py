@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import html
+import json
 import time
+from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -12,6 +14,8 @@ import requests
 from app.cli import main
 from tests.fake_ehr import FakeEhr
 from tests.launching import SCOPE, launch, running_app
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
@@ -73,12 +77,29 @@ def test_the_host_header_does_not_choose_the_redirect_uri(ehr, tmp_path):
     assert redirect_uri == ["https://timeline.example.org/callback"]
 
 
-def test_serve_refuses_to_start_without_a_public_url(monkeypatch, capsys):
+@pytest.mark.parametrize("redirect_uris", [[], ["https://a.example.org/callback", "https://b.example.org/callback"]])
+def test_serve_refuses_to_start_without_a_public_url(monkeypatch, capsys, tmp_path, redirect_uris):
     monkeypatch.delenv("IMAGING_PUBLIC_URL", raising=False)
+    config = json.loads((ROOT / "launch.json").read_text())
+    config["redirect_uris"] = redirect_uris
+    (tmp_path / "launch.json").write_text(json.dumps(config))
+    monkeypatch.setenv("IMAGING_LAUNCH_CONFIG", str(tmp_path / "launch.json"))
     assert main(["serve", "--port", "0"]) == 2
     err = capsys.readouterr().err
     assert "IMAGING_PUBLIC_URL" in err
     assert "Traceback" not in err
+
+
+def test_launch_jsons_single_redirect_uri_is_the_public_url(ehr, tmp_path):
+    issuer = {"iss": ehr.iss, "token_endpoint_auth_method": "none"}
+    config = {"client_id": "imaging-timeline", "client_name": "Imaging Timeline", "scope": SCOPE,
+              "redirect_uris": ["https://timeline.example.org/callback"], "issuers": [issuer]}
+    with running_app(ehr, tmp_path, LAUNCH_CONFIG=config) as url:
+        resp = requests.get(f"{url}/launch", params={"iss": ehr.iss, "launch": "l"}, allow_redirects=False,
+                            timeout=10)
+    # The registered address is https, so the launch-binding cookie is set for a cross-site frame.
+    cookie = resp.headers["Set-Cookie"]
+    assert "Secure" in cookie and "SameSite=None" in cookie
 
 
 # --- the token-error page has a clean address --------------------------------------------------------
