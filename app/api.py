@@ -6,23 +6,25 @@ import json
 import logging
 import socket
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, request, stream_with_context, url_for
 
-from . import priors
-from .archives.base import ArchiveClient, LinkedOrder, LinkedReport, raise_for_status
-from .archives.config import ArchiveConfig, ViewerConfig, discover_archives
+from .accumulator import Accumulator
+from .archives.base import ArchiveClient, raise_for_status
+from .archives.config import ArchiveConfig, discover_archives
+from .attention import acknowledge, acknowledgements, encounter_class
 from .errors import AppError, ArchiveError, FhirNotFound, LaunchError
-from .federation import federation, link, merge_studies
+from .federation import federation
 from .http import Deadline
 from .launch import discovery
 from .models import ArchiveStatus, Study
 from .prefetch import Prefetcher
 from .session import SmartSession, current_session
 from .session_store import store
-from .viewers import is_dicom_uid, viewer_links
+from .view_model import ATTENTION_CODES, Decision, ViewBuilder
+from .viewers import is_dicom_uid
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("app.access")
@@ -70,31 +72,15 @@ def initial_statuses(session: SmartSession) -> list[ArchiveStatus]:
     return statuses
 
 
-# --- the study view the page renders -------------------------------------------------------------
+# --- the study view the page renders (app/view_model.py) -----------------------------------------
 
 
-def study_view(study: Study, session: SmartSession, archives: dict[str, ArchiveConfig],
-               current_uid: str | None) -> dict[str, Any]:
-    """Study JSON plus what the page needs: region, attention reasons, viewer links, thumbnail URL."""
-    view = study.to_json()
-    view["region"] = priors.body_region(study)
-    view["region_label"] = priors.region_label(view["region"])
-    view["attention"] = priors.attention(study)
-    viewers = {aid: _viewer_table(a, a.viewer) for aid, a in archives.items() if a.viewer is not None}
-    view["viewers"] = viewer_links(study, viewers, patient_id=None)
-    view["thumbnail"] = _thumbnail_url(study, archives)
-    view["current"] = study.uid == current_uid
-    view["source_names"] = [archives[s].name if s in archives else s for s in study.sources]
-    return view
-
-
-def _viewer_table(archive: ArchiveConfig, viewer: ViewerConfig) -> dict[str, Any]:
-    table: dict[str, Any] = {"kind": viewer.kind, "url": viewer.url}
-    if archive.issuer_of_patient_id:
-        table["issuer_of_patient_id"] = archive.issuer_of_patient_id
-    if archive.kind == "dicomweb":
-        table["dicomweb_url"] = archive.base_url if archive.base_url != "ehr" else None
-    return table
+def view_builder(session: SmartSession, archives: dict[str, ArchiveConfig]) -> ViewBuilder:
+    """One per request: viewer tables, acknowledgements and anatomy computed once, not per study."""
+    window = timedelta(days=float(current_app.config.get("CRITICAL_WINDOW_DAYS", 7)))
+    return ViewBuilder(session.context, archives, lambda study: _thumbnail_url(study, archives),
+                       patient_name=session.patient.name, acks=acknowledgements(_user(session), session.patient.id),
+                       critical_window=window, encounter_class=encounter_class(session))
 
 
 def _thumbnail_source(study: Study, archives: dict[str, ArchiveConfig]) -> str | None:
@@ -189,14 +175,20 @@ def studies() -> Response:
     """Every study of the launched patient across archives, merged, with per-archive statuses."""
     session = _session()
     archives = archives_for(session)
-    result = federation().search(session.patient, session.context, session, session_id=session.id,
-                                 extra_archives=tuple(a for a in archives.values() if a.source == "discovered"))
-    _remember_shown(session, result.studies)
-    current = priors.current_study(result.studies, session.context)
+    acc = federation().accumulate(session.patient, session.context, session, session_id=session.id,
+                                  extra_archives=tuple(a for a in archives.values() if a.source == "discovered"))
+    found = acc.studies()
+    _remember_shown(session, found)
+    builder = view_builder(session, archives)
+    decision = builder.decide(found)
     return jsonify({
         "patient": session.patient.to_json(),
-        "studies": [study_view(s, session, archives, current.uid if current else None) for s in result.studies],
-        "archives": [a.to_json() for a in result.archives],
+        "studies": [builder.view(s, decision) for s in found],
+        "archives": [a.to_json() for a in acc.ordered_statuses()],
+        "pinned": builder.pinned(decision),
+        "pending_orders": builder.pending_orders(found, acc.orders),
+        "view": builder.view_settings(),
+        "withheld": acc.withheld,
     })
 
 
@@ -234,48 +226,49 @@ def stream() -> Response:
     extra = tuple(a for a in archives.values() if a.source == "discovered")
     _no_delay(request.environ)
 
+    retry = request.args.get("retry") or None
+    if retry is not None and retry not in archives:
+        retry = None  # an unknown archive id: a normal search (nothing is re-searched by guesswork)
+
     def generate() -> Iterator[str]:
         yield ": " + " " * 2048 + "\n\n"  # flush proxies' buffers so the first event is not held
-        merged: dict[str, Study] = {}
-        parts: dict[str, list[Study]] = {}  # each archive's version of a study
-        reports: list[LinkedReport] = []
-        orders: list[LinkedOrder] = []
-        rank = {aid: n for n, aid in enumerate(archives)}
-        statuses = []
-        current_uid: str | None = None
+        acc = Accumulator(list(archives))
+        builder = view_builder(session, archives)
+        decision = Decision()
+        pending: list[dict[str, Any]] = []
         try:
-            run = current_app.extensions["prefetch"].take(_run_key(session))
+            run = current_app.extensions["prefetch"].take(_run_key(session)) if retry is None else None
             source = run.feed() if run is not None else federation().iter_outcomes(
-                session.patient, session.context, session, session_id=session.id, extra_archives=extra)
+                session.patient, session.context, session, session_id=session.id, extra_archives=extra,
+                retry=retry)
             for outcome in source:
                 status, found = outcome.status, outcome.studies
-                statuses.append(status)
-                reports += outcome.reports
-                orders += outcome.orders
-                changed = {study.uid for study in found}
-                for study in found:
-                    # Merge in configuration order (the EHR's fields first), whatever the arrival order.
-                    versions = parts.setdefault(study.uid, [])
-                    versions.append(study)
-                    versions.sort(key=lambda v: min((rank.get(src, len(rank)) for src in v.sources), default=0))
-                    merged[study.uid] = merge_studies(versions)[0]
-                # Link across archives: a report or order from this archive may belong to a study
-                # another archive brought earlier (e.g. by accession number), and vice versa.
-                changed |= link(merged.values(), reports, orders)
-                current = priors.current_study(merged.values(), session.context)
-                if current is not None and current.uid != current_uid:
-                    changed |= {current.uid, *([current_uid] if current_uid else [])}
-                    current_uid = current.uid
+                changed = acc.add(outcome)
+                builder.forget(changed)
+                studies_now = list(acc.merged.values())
+                before, decision = decision, builder.decide(studies_now)
+                if before != decision:
+                    # The current study or the priors moved: re-send every study whose flags changed.
+                    changed |= {uid for uid in {*before.priors, *decision.priors, before.current,
+                                                decision.current, before.latest, decision.latest}
+                                if uid and before.flags(uid) != decision.flags(uid)}
                 if found:
                     _remember_shown(session, found)
                 # One write per archive: two small writes in a row meet Nagle's algorithm and the
                 # browser's delayed ACK, which held the second event back by 40-200 ms.
                 chunk = _event("archive", status.to_json())
                 if changed:
-                    views = [study_view(merged[uid], session, archives, current_uid) for uid in changed]
-                    chunk += _event("studies", {"archive": status.id, "studies": views})
+                    views = [builder.view(acc.merged[uid], decision) for uid in changed if uid in acc.merged]
+                    chunk += _event("studies", {"archive": status.id, "studies": views,
+                                                "pinned": builder.pinned(decision)})
+                now_pending = builder.pending_orders(studies_now, acc.orders)
+                if now_pending != pending:
+                    pending = now_pending
+                    chunk += _event("orders", {"orders": pending})
                 yield chunk
-            yield _event("done", {"archives": [s.to_json() for s in statuses], "count": len(merged)})
+            yield _event("done", {"archives": [s.to_json() for s in acc.statuses], "count": len(acc.merged),
+                                  "pinned": builder.pinned(decision), "pending_orders": pending,
+                                  "view": builder.view_settings(), "withheld": acc.withheld})
         except AppError as exc:
             log.info("stream ended early: %s", exc.code)
             yield _event("fatal", {"message": exc.message, "status": exc.status, "title": exc.title})
@@ -347,6 +340,37 @@ def record_access() -> Response:
 
 
 
+def _user(session: SmartSession) -> str:
+    """Whose acknowledgements: the EHR's user (fhirUser), else this launch session."""
+    return session.context.fhir_user or f"session:{session.id}"
+
+
+@bp.post("/attention/ack")
+def acknowledge_attention() -> Response:
+    """Acknowledge one "needs attention" item of a study shown in this session; stored per user and item."""
+    session = _session()
+    if not request.is_json:  # JSON only, as for the access log: no cross-site form posts
+        raise LaunchError("An acknowledgement must be sent as application/json.")
+    data = request.get_json(silent=True)
+    if not isinstance(data, dict) or not all(isinstance(data.get(k), str) for k in ("patient", "uid", "code")):
+        raise LaunchError("An acknowledgement needs `patient`, `uid` and `code`.")
+    if data["patient"] != session.patient.id:
+        raise LaunchError("This acknowledgement names another patient than the one launched; relaunch from "
+                          "the chart.")
+    if data["code"] not in ATTENTION_CODES:
+        raise LaunchError(f"Unknown attention code {data['code'][:40]!r}; expected one of "
+                          f"{', '.join(sorted(ATTENTION_CODES))}.")
+    uid = data["uid"][:128]
+    shown = store().get(f"shown:{session.id}")
+    if not shown or shown["patient"] != session.patient.id or uid not in shown["studies"]:
+        raise FhirNotFound("No such study in this patient's timeline.")
+    by = session.context.fhir_user.rsplit("/", 2)[-2:] if session.context.fhir_user else None
+    entry = acknowledge(_user(session), "/".join(by) if by else "you (this session)", session.patient.id, uid,
+                        data["code"], ttl_s=float(current_app.config.get("ACK_TTL_S", 90 * 86400)))
+    access_log.info("attention acknowledged: %s", json.dumps({"user": session.context.fhir_user,
+                                                              "patient": session.patient.id, "study": uid,
+                                                              "code": data["code"], "at": entry["at"]}))
+    return jsonify(entry)
 
 
 def init_app(app: Flask) -> None:

@@ -58,7 +58,7 @@ class FhirArchive:
 
     def search(self, ref: PatientRef, deadline: Deadline) -> ArchiveAnswer:
         answer = ArchiveAnswer()
-        count = min(PAGE, self.config.max_results)
+        count = min(self.config.page_size or PAGE, self.config.max_results)
         if ref.patient_id is not None:
             variants = [{"patient": ref.patient_id}]
         elif ref.identifier is not None:
@@ -312,10 +312,14 @@ class FhirArchive:
     def _order(self, raw: dict[str, Any], full_url: str | None, answer: ArchiveAnswer,
                included: dict[str, dict[str, Any]], deadline: Deadline) -> None:
         res = ServiceRequest(raw, strict=False)
+        when = res.occurrenceDateTime or (res.occurrencePeriod.start if res.occurrencePeriod else None)
+        places = [r.display for r in res.locationReference or [] if r.display]
         order = Order(id=res.id or "", priority=res.priority, status=res.status,
                       code_text=_text(res.code) if res.code else None,
                       accession=_accession(res.identifier),
-                      source=self.config.id)
+                      source=self.config.id,
+                      occurrence=when.datetime if when is not None and isinstance(when.datetime, datetime) else None,
+                      location=places[0] if places else None)
         answer.orders.append(LinkedOrder(order=order, subject=self._subject(res, included, deadline),
                                          refs=tuple(_keys(raw, full_url))))
 
