@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import date, time
-from functools import cache
+from functools import cache, lru_cache
 from typing import Any
 
 from pydicom.datadict import tag_for_keyword
@@ -36,11 +36,20 @@ def has(item: Item, keyword: str) -> bool:
 
 def values(item: Item, keyword: str) -> list[Any]:
     """The attribute's `Value` array (PS3.18 §F.2.4); empty when absent, empty or malformed."""
-    element = item.get(tag(keyword))
-    if not isinstance(element, Mapping):
+    element = item.get(_TAGS.get(keyword) or tag(keyword))
+    if element.__class__ is not dict and not isinstance(element, dict):  # decoded JSON: a dict
         return []
     found = element.get("Value")
-    return found if isinstance(found, list) else []
+    return found if found.__class__ is list else []
+
+
+#: Tags of the keywords read on the hot path, looked up once (a dict read, not a cached call).
+_TAGS: dict[str, str] = {}
+
+
+def preload(*keywords: str) -> None:
+    """Resolve `keywords` to tags now (an unknown keyword fails at import, not mid-search)."""
+    _TAGS.update((k, tag(k)) for k in keywords)
 
 
 def string(item: Item, keyword: str) -> str | None:
@@ -100,8 +109,14 @@ def person(item: Item, keyword: str) -> str | None:
     if not found:
         return None
     value = found[0]
-    text = value.get("Alphabetic") if isinstance(value, Mapping) else value
+    text = value.get("Alphabetic") if isinstance(value, dict) else value
     if not isinstance(text, str) or not text.strip():
         return None
+    return _given_family(text)
+
+
+@lru_cache(maxsize=4096)
+def _given_family(text: str) -> str:
+    """Memoised: one patient's studies repeat the same few names (PersonName is ~10 µs a value)."""
     name = PersonName(text)
     return " ".join(p for p in (name.given_name, name.family_name) if p) or text.strip()

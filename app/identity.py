@@ -27,6 +27,7 @@ import logging
 import re
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from .archives.base import Candidate, PatientRef, Subject
 from .archives.config import ArchiveConfig
@@ -95,8 +96,9 @@ def name_differs(subject_name: str | None, patient_name: str) -> bool:
     return not (ours <= theirs or theirs <= ours)
 
 
-def _words(name: str) -> set[str]:
-    return {w for w in re.split(r"[^\w]+", name.casefold()) if w}
+@lru_cache(maxsize=1024)
+def _words(name: str) -> frozenset[str]:
+    return frozenset(w for w in re.split(r"[^\w]+", name.casefold()) if w)
 
 
 @dataclass

@@ -19,6 +19,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from datetime import UTC, date, datetime, timedelta
+from functools import lru_cache
 from typing import Any
 
 from .models import LaunchContext, Report, Study
@@ -206,16 +207,28 @@ def _from_body_site(value: str) -> list[str]:
 
 def _named(study: Study) -> list[str]:
     """Every region the study names, most trusted source first (see `body_region`)."""
+    return list(_named_from(tuple(study.body_sites), tuple(study.procedure_codes), study.description))
+
+
+@lru_cache(maxsize=8192)
+def _named_from(body_sites: tuple[str, ...], procedure_codes: tuple[str, ...], description: str | None
+                ) -> tuple[str, ...]:
+    """`_named` on the fields themselves, memoised: a long history repeats the same few procedures."""
+    return tuple(_named_uncached(body_sites, procedure_codes, description))
+
+
+def _named_uncached(body_sites: tuple[str, ...], procedure_codes: tuple[str, ...], description: str | None
+                    ) -> list[str]:
     found: list[str] = []
-    for site in study.body_sites:
+    for site in body_sites:
         found += [r for r in _from_body_site(site) if r not in found]
     ordered: list[str] = []
-    for code in study.procedure_codes:
+    for code in procedure_codes:
         region = PROCEDURE_REGIONS.get(_code(code))
         if region and region not in ordered:
             ordered.append(region)
-    if not ordered and study.description:
-        ordered = _from_text(study.description)
+    if not ordered and description:
+        ordered = _from_text(description)
     if not found:
         return ordered
     # The procedure (code or description) names what was examined as a whole; series body sites
@@ -235,7 +248,13 @@ def body_region(study: Study) -> str | None:
     anatomy that includes them (CT CHEST/ABD/PELVIS whose series say ABDOMEN is chest + abdomen
     + pelvis); then the procedure codes; then the description.
     """
-    return _resolve(_named(study))
+    return _region_from(tuple(study.body_sites), tuple(study.procedure_codes), study.description)
+
+
+@lru_cache(maxsize=8192)
+def _region_from(body_sites: tuple[str, ...], procedure_codes: tuple[str, ...], description: str | None
+                 ) -> str | None:
+    return _resolve(_named_from(body_sites, procedure_codes, description))
 
 
 #: The canonical order of anatomical parts in `regions` (head to toe).
@@ -244,7 +263,7 @@ PART_ORDER = ("head", "neck", "chest", "breast", "abdomen", "pelvis", "spine", "
 
 def parts_of(study: Study) -> frozenset[str]:
     """Every anatomical part the study covers (a multi-region study covers several)."""
-    named = _named(study)
+    named = _named_from(tuple(study.body_sites), tuple(study.procedure_codes), study.description)
     return frozenset().union(*(REGIONS[r][1] for r in named)) if named else frozenset()
 
 

@@ -50,14 +50,17 @@ class Decision:
     current: str | None = None
     latest: str | None = None
     priors: tuple[str, ...] = ()  # ranked, best first
+    ranks: dict[str, int] = field(default_factory=dict, compare=False)  # uid -> 1-based rank
+
+    def __post_init__(self) -> None:
+        self.ranks.update((uid, n) for n, uid in enumerate(self.priors, 1))
 
     @property
     def anchor(self) -> str | None:
         return self.current or self.latest
 
     def flags(self, uid: str) -> tuple[bool, bool, int | None]:
-        rank = self.priors.index(uid) + 1 if uid in self.priors else None
-        return uid == self.current, uid == self.latest, rank
+        return uid == self.current, uid == self.latest, self.ranks.get(uid)
 
 
 @dataclass
@@ -112,7 +115,8 @@ class ViewBuilder:
         label = priors.region_label(region)
         view["region"] = region
         view["region_label"] = label
-        view["regions"] = [p for p in priors.PART_ORDER if p in self.parts(study)]
+        parts = self.parts(study)
+        view["regions"] = [p for p in priors.PART_ORDER if p in parts]
         reasons = priors.attention(study, now=self.now, critical_window=self.critical_window)
         view["attention"] = [self._attention_item(study.uid, reason) for reason in reasons]
         view["signals"] = self.signals(study, reasons)

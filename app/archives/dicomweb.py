@@ -42,6 +42,7 @@ STUDY_FIELDS = (
     "PatientID", "IssuerOfPatientID", "PatientName", "PatientBirthDate", "PatientSex",
 )
 SERIES_FIELDS = ("SeriesInstanceUID", "Modality", "BodyPartExamined")
+dicomjson.preload(*STUDY_FIELDS, *SERIES_FIELDS)
 MAX_PAGES = 100
 MAX_SERIES_LOOKUPS = 200  # newest studies whose series are looked up; older ones keep study-level data
 SERIES_WORKERS = 6  # concurrent series lookups per archive
