@@ -140,7 +140,7 @@ NON_IMAGE = frozenset({"SR", "KO", "PR", "DOC", "SEG", "REG", "RTSTRUCT", "RTPLA
 #: |----------------|-----------------|----------------|-----------------------------------------------|
 #: | radiography    | CR, DX, RF      | anywhere       | the same projection images, digitised differently |
 #: | chest          | CR, DX, CT      | chest          | a new nodule on CT is checked against old radiographs |
-#: | musculoskeletal| CR, DX, CT, MR  | spine, limbs   | MR/CT of a joint or spine is read with its radiographs |
+#: | musculoskeletal| CR, DX, CT, MR  | spine, pelvis, limbs | a joint, hip or spine MR/CT is read with radiographs |
 #: | cross-section  | CT, MR, PT      | anywhere       | cross-sectional anatomy of the same region    |
 #: | nuclear        | NM, PT          | anywhere       | functional imaging (bone scan vs PET)         |
 #: | ultrasound     | US, CT, MR      | neck, abdomen, pelvis | organ follow-up (liver, kidney, thyroid)  |
@@ -150,7 +150,7 @@ NON_IMAGE = frozenset({"SR", "KO", "PR", "DOC", "SEG", "REG", "RTSTRUCT", "RTPLA
 COMPARABLE: tuple[dict[str, Any], ...] = (
     {"id": "radiography", "modalities": ("CR", "DX", "RF"), "parts": None},
     {"id": "chest-radiograph-ct", "modalities": ("CR", "DX", "CT"), "parts": ("chest",)},
-    {"id": "musculoskeletal", "modalities": ("CR", "DX", "CT", "MR"), "parts": ("spine", "upper-limb",
+    {"id": "musculoskeletal", "modalities": ("CR", "DX", "CT", "MR"), "parts": ("spine", "pelvis", "upper-limb",
                                                                                 "lower-limb")},
     {"id": "cross-section", "modalities": ("CT", "MR", "PT"), "parts": None},
     {"id": "nuclear", "modalities": ("NM", "PT"), "parts": None},
@@ -192,7 +192,9 @@ def _from_text(text: str) -> list[str]:
         match = pattern.search(upper)
         if match:
             hits.append((match.start(), region))
-    return [region for _, region in sorted(hits)]
+    found = [region for _, region in sorted(hits)]
+    # "SKULL BASE TO MID THIGH" names the extent of a whole-body scan, not the head as well.
+    return ["whole-body"] if "whole-body" in found else found
 
 
 def _from_body_site(value: str) -> list[str]:
