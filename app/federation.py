@@ -321,7 +321,8 @@ def _reason(answer: ArchiveAnswer, kept: identity.GuardResult) -> str | None:
 def _status(archive: ArchiveConfig, state: Any, *, via_pixm: bool = False, **fields: Any) -> ArchiveStatus:
     """An archive's status with its plain words (message), technical detail and "try again" (app/words.py)."""
     said = words.describe(state, error=fields.get("error"), reason=fields.get("reason"),
-                          count=fields.get("count", 0), partial=fields.get("partial", False), via_pixm=via_pixm)
+                          count=fields.get("count", 0), partial=fields.get("partial", False), via_pixm=via_pixm,
+                          dropped=fields.get("dropped", 0), skipped=fields.get("skipped", 0))
     return ArchiveStatus(id=archive.id, name=archive.name, status=state, source=archive.source,
                          message=said.message, detail=said.detail, retry=said.retry, **fields)
 

@@ -107,6 +107,7 @@ class Order:
     source: str | None = None
     occurrence: datetime | None = None  # ServiceRequest.occurrence[x]: when it is scheduled
     location: str | None = None  # where (ServiceRequest.locationReference display)
+    encounter: str | None = None  # the Encounter id it was placed in (ServiceRequest.encounter)
 
 
 @dataclass(frozen=True, slots=True)

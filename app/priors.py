@@ -385,8 +385,9 @@ def current_study(studies: Iterable[Study], ctx: LaunchContext | None, *, today:
     """The study this visit is about, or None; never merely the newest old study (that is `latest_study`).
 
     1. The `fhirContext` study or order (`context_study`).
-    2. Else a study of today (the clinician's local date `today`) or one whose order is still in
-       progress: the newest such. A 7-month-old outside CT is not "current" because it is newest.
+    2. Else a study of today (the clinician's local date `today`), one ordered in the launch
+       encounter (ServiceRequest.encounter), or one whose order is still in progress: the newest
+       such. A 7-month-old outside CT is not "current" because it is newest.
     """
     studies = list(studies)
     named = context_study(studies, ctx)
@@ -394,9 +395,11 @@ def current_study(studies: Iterable[Study], ctx: LaunchContext | None, *, today:
         return named
     if today is None:
         return None
+    encounter = ctx.encounter_id if ctx else None
     live = [s for s in studies if s.started is not None and (
         _local_day(s.started) == today
-        or any((o.status or "").lower() == "in-progress" for o in s.orders))]
+        or any((o.status or "").lower() == "in-progress" or (encounter and o.encounter == encounter)
+               for o in s.orders))]
     return max(live, key=_sort_key) if live else None
 
 

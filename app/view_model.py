@@ -156,7 +156,8 @@ class ViewBuilder:
         elif priors.NO_FINAL_REPORT in reasons:
             out.append(_signal("report", "No report yet", "info"))
         if NAME_DIFFERS in study.badges:
-            spellings = sorted({n for n in study.other_names.values() if n})
+            spellings = sorted({n.casefold(): n for n in sorted(study.other_names.values())
+                                if n}.values())
             theirs = " / ".join(spellings) if spellings else "another spelling"
             out.append(_signal("identity", f"Name differs: {theirs} (archive) vs {self.patient_name} (chart)",
                                "warning"))

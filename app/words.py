@@ -32,7 +32,7 @@ class StatusWords:
 
 
 def describe(state: str, *, error: str | None, reason: str | None, count: int = 0, partial: bool = False,
-             via_pixm: bool = False) -> StatusWords:
+             via_pixm: bool = False, dropped: int = 0, skipped: int = 0) -> StatusWords:
     """Plain words for one archive's status; the integrator's `reason` becomes the `detail`."""
     if state == "not-linked":
         return StatusWords("Not searched: this archive has no record number for this patient.", reason, False)
@@ -47,6 +47,10 @@ def describe(state: str, *, error: str | None, reason: str | None, count: int = 
         parts.append(f"Showing {count} {_studies(count)}; this archive holds more. Narrow by date to see others.")
     if via_pixm:
         parts.append("Found through the regional patient index.")
+    if dropped:
+        parts.append(f"{dropped} {_studies(dropped)} withheld: the record does not match the chart.")
+    if skipped:
+        parts.append(f"{skipped} {'record' if skipped == 1 else 'records'} could not be read.")
     return StatusWords(" ".join(parts) or None, reason, False)
 
 

@@ -280,3 +280,12 @@ def test_rules_json_is_plain_json_with_every_region_and_group():
                                               "parts": ["abdomen", "chest", "neck", "pelvis"]}
     assert {"id": "breast", "modalities": ["MG", "US", "MR"], "parts": ["breast"]} in rules["comparable"]
     assert "SR" in rules["nonImage"]
+
+
+def test_a_study_ordered_in_the_launch_encounter_is_current():
+    old = study("1.1", days_ago=300)
+    ed = study("1.2", days_ago=1, orders=[Order(id="sr-9", status="active", encounter="enc-1")])
+    launch = LaunchContext(iss="https://ehr.example/fhir", patient_id="p1", granted_scopes=frozenset(),
+                           encounter_id="enc-1")
+    assert priors.current_study([old, ed], launch, today=NOW.date()) is ed
+    assert priors.current_study([old, ed], ctx(), today=NOW.date()) is None

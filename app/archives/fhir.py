@@ -319,9 +319,18 @@ class FhirArchive:
                       accession=_accession(res.identifier),
                       source=self.config.id,
                       occurrence=when.datetime if when is not None and isinstance(when.datetime, datetime) else None,
-                      location=places[0] if places else None)
+                      location=places[0] if places else None,
+                      encounter=_local_id(res.encounter.reference, "Encounter") if res.encounter else None)
         answer.orders.append(LinkedOrder(order=order, subject=self._subject(res, included, deadline),
                                          refs=tuple(_keys(raw, full_url))))
+
+
+def _local_id(reference: str | None, rtype: str) -> str | None:
+    """The id in a `Type/id` (or absolute `.../Type/id`) reference of type `rtype`."""
+    if not reference:
+        return None
+    parts = reference.rstrip("/").split("/")
+    return parts[-1] if len(parts) >= 2 and parts[-2] == rtype else None
 
 
 def _keys(resource: dict[str, Any], full_url: str | None) -> list[str]:
