@@ -54,11 +54,21 @@ def preload(*keywords: str) -> None:
 
 def string(item: Item, keyword: str) -> str | None:
     """The first value as text (padding stripped), or None."""
-    found = values(item, keyword)
+    element = item.get(_TAGS.get(keyword) or tag(keyword))
+    if element.__class__ is not dict:
+        return None if not isinstance(element, dict) else _first_text(values(item, keyword))
+    found = element.get("Value")
+    if found.__class__ is not list or not found:
+        return None
+    value = found[0]
+    text = value.strip() if value.__class__ is str else (str(value).strip() if value is not None else "")
+    return text or None
+
+
+def _first_text(found: list[Any]) -> str | None:
     if not found or found[0] is None:
         return None
-    text = str(found[0]).strip()
-    return text or None
+    return str(found[0]).strip() or None
 
 
 def strings(item: Item, keyword: str) -> tuple[str, ...]:
