@@ -11,6 +11,7 @@ from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, request, stream_with_context, url_for
 
+from . import words
 from .accumulator import Accumulator
 from .archives.base import ArchiveClient, raise_for_status
 from .archives.config import ArchiveConfig, discover_archives
@@ -67,8 +68,9 @@ def initial_statuses(session: SmartSession) -> list[ArchiveStatus]:
             if archive.pixm_url:  # the cross-reference manager may still know an identifier
                 statuses.append(ArchiveStatus(archive.id, archive.name, "searching", source=archive.source))
                 continue
+            said = words.describe("not-linked", error=None, reason=exc.message)
             statuses.append(ArchiveStatus(archive.id, archive.name, "not-linked", reason=exc.message,
-                                          source=archive.source))
+                                          source=archive.source, message=said.message, detail=said.detail))
     return statuses
 
 
