@@ -18,7 +18,7 @@ from fhirclient.models.imagingstudy import ImagingStudy
 from fhirclient.models.patient import Patient
 from fhirclient.models.servicerequest import ServiceRequest
 
-from ..errors import ArchiveError, ArchiveResponseError
+from ..errors import ArchiveError, ArchiveResponseError, ArchiveTimeout
 from ..fhir import human_name  # the EHR reader's name rendering, so names compare like for like
 from ..http import Deadline, same_origin, under
 from ..models import Identifier, LaunchContext, Order, Report, Study, StudyEndpoint
@@ -91,6 +91,7 @@ class FhirArchive:
             futures = {rtype: pool.submit(self._collect, rtype, params, deadline)
                        for rtype, params in searches.items()}
             studies, included, partial = futures.pop("ImagingStudy").result()  # its failure is the archive's
+            answer.cut = partial.cut
             others = {}
             for rtype, future in futures.items():
                 try:
@@ -122,10 +123,16 @@ class FhirArchive:
         """One search run to the end (capped): matches, included resources, and what was skipped."""
         part, included = ArchiveAnswer(), dict[str, dict[str, Any]]()
         found: list[tuple[str | None, dict[str, Any]]] = []
-        for match in self._search(rtype, params, deadline, part, included):
-            found.append(match)
-            if len(found) >= self.config.max_results:
-                break
+        try:
+            for match in self._search(rtype, params, deadline, part, included):
+                if len(found) >= self.config.max_results:
+                    part.cut = "max_results"  # one more than the cap exists: the answer is cut
+                    break
+                found.append(match)
+        except ArchiveTimeout:
+            if not found:
+                raise
+            part.cut = "deadline"  # keep the pages that arrived; the status says the answer is partial
         return found, included, part
 
     def _search(self, rtype: str, variants: list[dict[str, Any]], deadline: Deadline, answer: ArchiveAnswer,
