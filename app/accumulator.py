@@ -30,8 +30,10 @@ class Outcome(Protocol):
 
 
 def _sort_key(study: Study) -> tuple[bool, datetime]:
-    started = study.started.replace(tzinfo=None) if study.started else datetime.min
-    return study.started is not None, started
+    started = study.started
+    if started is None:
+        return False, datetime.min
+    return True, started.replace(tzinfo=None) if started.tzinfo is not None else started
 
 
 def newest_first(studies: Iterable[Study]) -> list[Study]:
