@@ -42,6 +42,12 @@ STUDY_FIELDS = (
     "PatientID", "IssuerOfPatientID", "PatientName", "PatientBirthDate", "PatientSex",
 )
 SERIES_FIELDS = ("SeriesInstanceUID", "Modality", "BodyPartExamined")
+# Series and instance counts are computed by the archive for every study it returns. Verified on
+# Orthanc 1.10: for one patient with 5,000 studies in one request they cost 8 s of 11.7 s (3.5 s
+# without), more than the default timeout, so an archive allowed more than this many studies is
+# not asked for them (the rows then show no counts).
+COUNT_FIELDS = ("NumberOfStudyRelatedSeries", "NumberOfStudyRelatedInstances")
+COUNTS_UP_TO = 1000
 dicomjson.preload(*STUDY_FIELDS, *SERIES_FIELDS)
 MAX_PAGES = 100
 MAX_SERIES_LOOKUPS = 200  # newest studies whose series are looked up; older ones keep study-level data
@@ -72,7 +78,9 @@ class DicomWebArchive:
         params: list[tuple[str, str | int]] = [("PatientID", ref.identifier.value)]
         if ref.issuer:
             params.append(("IssuerOfPatientID", ref.issuer))
-        params += [("includefield", name) for name in STUDY_FIELDS]
+        fields = STUDY_FIELDS if self.config.max_results <= COUNTS_UP_TO else \
+            tuple(f for f in STUDY_FIELDS if f not in COUNT_FIELDS)
+        params += [("includefield", name) for name in fields]
         wanted = self.config.max_results + 1
         page_size = self.config.page_size or wanted
         offset = 0
