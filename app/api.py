@@ -6,8 +6,9 @@ import json
 import logging
 import socket
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, request, stream_with_context, url_for
 
@@ -80,9 +81,20 @@ def initial_statuses(session: SmartSession) -> list[ArchiveStatus]:
 def view_builder(session: SmartSession, archives: dict[str, ArchiveConfig]) -> ViewBuilder:
     """One per request: viewer tables, acknowledgements and anatomy computed once, not per study."""
     window = timedelta(days=float(current_app.config.get("CRITICAL_WINDOW_DAYS", 7)))
-    return ViewBuilder(session.context, archives, _thumbnail_urls(archives),
+    today = _today(current_app.config.get("TIMEZONE"))
+    return ViewBuilder(session.context, archives, _thumbnail_urls(archives), today=today,
                        patient_name=session.patient.name, acks=acknowledgements(_user(session), session.patient.id),
                        critical_window=window, encounter_class=encounter_class(session))
+
+
+def _today(zone: str | None) -> date:
+    """The clinicians' calendar day: in TIMEZONE (IANA) when set and known, else the server's."""
+    if zone:
+        try:
+            return datetime.now(ZoneInfo(zone)).date()
+        except (ZoneInfoNotFoundError, ValueError):
+            log.warning("TIMEZONE %r is not an IANA time zone; using the server's local date", zone)
+    return datetime.now().astimezone().date()
 
 
 def _thumbnail_source(study: Study, archives: dict[str, ArchiveConfig]) -> str | None:

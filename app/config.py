@@ -33,6 +33,7 @@ ENV_KEYS = {
     "IMAGING_TIMELINE_KEY_FILE": "PRIVATE_KEY_FILE",  # PEM for private_key_jwt; else generated
     "IMAGING_ACCESS_LOG": "ACCESS_LOG_FILE",  # where viewer openings are recorded
     "IMAGING_SESSION_KEY_FILE": "SESSION_KEY_FILE",  # Fernet key encrypting session records at rest
+    "IMAGING_TIMEZONE": "TIMEZONE",  # IANA zone of the clinicians ("today"); default: the server's
 }
 
 DEFAULTS: dict[str, Any] = {
@@ -53,6 +54,9 @@ DEFAULTS: dict[str, Any] = {
     "FEDERATION_DEADLINE_S": 30.0,
     "PREFETCH_SEARCH": True,  # start the archive searches when /timeline is served
     "FRAME_ANCESTORS": None,  # extra CSP frame-ancestors origins beyond the allow-listed issuers
+    "TIMEZONE": None,  # IANA zone deciding "today" for the current study; None: the server's local zone
+    "CRITICAL_WINDOW_DAYS": 7,  # a final critical result leaves "Needs attention" after this many days
+    "ACK_TTL_S": 90 * 86400,  # how long an acknowledgement of an attention item is kept
 }
 
 
