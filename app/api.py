@@ -135,12 +135,15 @@ def _thumbnail_urls(archives: dict[str, ArchiveConfig]) -> Callable[[Study], str
 def _remember_shown(session: SmartSession, studies: list[Study]) -> None:
     key = f"shown:{session.id}"
     shown = store().get(key) or {"patient": session.patient.id, "studies": {}}
+    changed = False
     for study in studies:
-        archives = set(shown["studies"].get(study.uid, []))
-        archives.update(study.sources)
-        archives.update(e.archive_id for e in study.endpoints)
-        shown["studies"][study.uid] = sorted(archives)
-    store().put(key, shown, current_app.config["SESSION_TTL_S"])
+        have = shown["studies"].get(study.uid, [])
+        archives = sorted({*have, *study.sources, *(e.archive_id for e in study.endpoints)})
+        if archives != have:
+            shown["studies"][study.uid] = archives
+            changed = True
+    if changed:  # a reload shows the same studies: no rewrite of a record that can hold thousands
+        store().put(key, shown, current_app.config["SESSION_TTL_S"])
 
 
 def _was_shown(session: SmartSession, uid: str, archive_id: str) -> bool:

@@ -481,19 +481,6 @@ def _critical_open(report: Report, started: datetime | None, now: datetime, wind
     return now - when <= window
 
 
-def open_or_recent_priority(study: Study, *, now: datetime | None = None, recent: timedelta = RECENT) -> str | None:
-    """"stat" or "urgent" when an open or recent order says so (the rule `attention` uses), else None."""
-    now = now or datetime.now(UTC)
-    is_recent = study.started is not None and now - _sort_key(study) <= recent
-    priorities = {(o.priority or "").lower() for o in study.orders
-                  if is_recent or (o.status or "").lower() not in CLOSED_ORDER}
-    if "stat" in priorities:
-        return "stat"
-    if priorities & {"urgent", "asap"}:
-        return "urgent"
-    return None
-
-
 # --- the browser's copy of the rules ------------------------------------------------------------
 
 

@@ -139,10 +139,10 @@ class ViewBuilder:
     def signals(self, study: Study, reasons: list[str]) -> list[dict[str, str]]:
         """One chip per meaning, in display order: priority, result, report, identity, stage."""
         out: list[dict[str, str]] = []
-        priority = priors.open_or_recent_priority(study, now=self.now)
-        if priority == "stat":
+        # The attention rule already decided whether the order's priority still counts (open or recent).
+        if priors.STAT_ORDER in reasons:
             out.append(_signal("priority", "STAT", "critical"))
-        elif priority == "urgent":
+        elif priors.URGENT_ORDER in reasons:
             out.append(_signal("priority", "Urgent", "warning"))
         if priors.CRITICAL_RESULT in reasons:
             out.append(_signal("result", "Critical result", "critical"))

@@ -21,14 +21,16 @@ which isolates the study path.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
 import json
 import logging
 import pstats
+import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import date, timedelta
@@ -314,9 +316,36 @@ def app_with_session(archives: tuple[ArchiveConfig, ...], iss: str, store_dir: s
     return app, sid
 
 
+@contextlib.contextmanager
+def app_process(archive_url: str, store_dir: str) -> Iterator[str]:
+    """`python bench/federation.py --serve-app ARCHIVE STORE` in a subprocess; yields its base URL."""
+    proc = subprocess.Popen([sys.executable, __file__, "--serve-app", archive_url, store_dir],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline() if proc.stdout else ""
+        if not line.strip().isdigit():
+            raise SystemExit(f"the app process did not start (said {line!r})")
+        yield f"http://127.0.0.1:{line.strip()}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def serve_app(archive_url: str, store_dir: str) -> None:
+    """The child of `app_process`: the app with the bench session, on a free port (printed first)."""
+    from werkzeug.serving import make_server
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    app, _ = app_with_session((archive_config(1, archive_url, 0.0),), f"{archive_url}/fhir", store_dir)
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    print(server.server_port, flush=True)
+    server.serve_forever()
+
+
 def api_studies(repeats: int, warmup: int, profile: bool) -> tuple[str, str | None]:
     """GET /api/studies (the app over HTTP, a 5,000-study archive) vs the archive's payload fetched and decoded."""
     import tempfile
+    from pathlib import Path
 
     from app.session import COOKIE
 
@@ -324,7 +353,11 @@ def api_studies(repeats: int, warmup: int, profile: bool) -> tuple[str, str | No
     with serve(archive_app) as url, tempfile.TemporaryDirectory() as tmp:
         archives = (archive_config(1, url, 0.0),)
         app, sid = app_with_session(archives, f"{url}/fhir", tmp)
-        with serve(app) as app_url:
+        # The app in its own process, as it runs in production: in this one it would share the
+        # GIL with the bench archive and the client, and the three would serialise.
+        child_store = Path(tmp) / "app-process"
+        child_store.mkdir()
+        with app_process(url, str(child_store)) as app_url:
             client, plain = requests.Session(), requests.Session()
             client.cookies.set(COOKIE, sid)
 
@@ -464,7 +497,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="few repeats (smoke run)")
     parser.add_argument("--write", action="store_true", help="update the federation section of docs/BENCHMARKS.md")
     parser.add_argument("--profile", action="store_true", help="cProfile the 5,000-study study path")
+    parser.add_argument("--serve-app", nargs=2, metavar=("ARCHIVE_URL", "STORE_DIR"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.serve_app:
+        serve_app(*args.serve_app)
+        return 0
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no access log lines in the output
     if args.quick:
         fan, per = fan_out(repeats=3, shipped_repeats=1, warmup=1), per_study(2, 0, 1, args.profile)
@@ -498,7 +535,8 @@ def main(argv: list[str] | None = None) -> int:
         if hotspots:
             parts.append(hotspots)
         parts += ["### (c) `GET /api/studies` end to end, 5,000-study patient",
-                  "The real app (`create_app`) served over HTTP with one launch session; the client times the "
+                  "The real app (`create_app`) served over HTTP in its own process with one launch session; the "
+                  "client times the "
                   "request and the `json.loads` of the answer (every study view: regions, priors, signals, "
                   "viewer links). Baseline: the archive's own answer fetched and decoded the same way.",
                   api_table]
