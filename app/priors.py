@@ -229,6 +229,9 @@ def _named_uncached(body_sites: tuple[str, ...], procedure_codes: tuple[str, ...
         region = PROCEDURE_REGIONS.get(_code(code))
         if region and region not in ordered:
             ordered.append(region)
+    if not ordered:  # no known code: the procedure's own words ("CT CHEST W CONTRAST"), then the description
+        for text in procedure_codes:
+            ordered += [r for r in _from_text(text) if r not in ordered]
     if not ordered and description:
         ordered = _from_text(description)
     if not found:

@@ -217,7 +217,7 @@ class FhirArchive:
             modalities=tuple(dict.fromkeys(modalities)),
             description=res.description,
             body_sites=tuple(dict.fromkeys(s for s in sites if s)),
-            procedure_codes=tuple(t for t in (_text(c) for c in res.procedureCode or []) if t),
+            procedure_codes=_procedure_codes(res.procedureCode or []),
             accession=_accession(res.identifier),
             series_count=res.numberOfSeries if isinstance(res.numberOfSeries, int) else None,
             instance_count=res.numberOfInstances if isinstance(res.numberOfInstances, int) else None,
@@ -356,6 +356,17 @@ def _list(value: Any) -> list[Any]:
 
 def _strip_oid(value: str) -> str:
     return value.removeprefix("urn:oid:")
+
+
+def _procedure_codes(concepts: list[Any]) -> tuple[str, ...]:
+    """Each coding as `system|code` (LOINC/RSNA Playbook, CPT: app/priors.py maps them to anatomy), then the text."""
+    out: list[str] = []
+    for concept in concepts:
+        out += [f"{c.system}|{c.code}" if c.system else c.code for c in concept.coding or [] if c.code]
+        text = _text(concept)
+        if text and text not in out:
+            out.append(text)
+    return tuple(dict.fromkeys(out))
 
 
 def _text(concept: Any) -> str | None:
