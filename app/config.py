@@ -36,6 +36,7 @@ ENV_KEYS = {
     "IMAGING_SESSION_IDLE_S": "SESSION_IDLE_S",  # a session unused this long ends
     "IMAGING_SESSION_MAX_S": "SESSION_TTL_S",  # a session ends this long after sign-in, used or not
     "IMAGING_STYLE_ORIGINS": "STYLE_ORIGINS",  # comma-separated origins smart_style_url may name
+    "IMAGING_TIMEZONE": "TIMEZONE",  # IANA zone of the clinicians ("today"); default: the server's
 }
 NUMERIC = {"SESSION_IDLE_S", "SESSION_TTL_S"}
 
@@ -60,6 +61,9 @@ DEFAULTS: dict[str, Any] = {
     "FEDERATION_DEADLINE_S": 30.0,
     "PREFETCH_SEARCH": True,  # start the archive searches when /timeline is served
     "FRAME_ANCESTORS": None,  # extra CSP frame-ancestors origins beyond the allow-listed issuers
+    "TIMEZONE": None,  # IANA zone deciding "today" for the current study; None: the server's local zone
+    "CRITICAL_WINDOW_DAYS": 7,  # a final critical result leaves "Needs attention" after this many days
+    "ACK_TTL_S": 90 * 86400,  # how long an acknowledgement of an attention item is kept
 }
 
 

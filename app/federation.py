@@ -6,7 +6,6 @@ thread with its own deadline inside an overall one, and its failure becomes its 
 
 from __future__ import annotations
 
-import copy
 import logging
 import threading
 import time
@@ -14,14 +13,14 @@ from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import closing
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import requests
 from flask import Flask, current_app
 
-from . import identity, pixm
+from . import identity, pixm, words
+from .accumulator import Accumulator, copy_study, link, merge_studies, newest_first, union
 from .archives.auth import AuthFactory, EhrTokenProvider, SigningKey
 from .archives.base import Archive, ArchiveAnswer, ArchiveClient, LinkedOrder, LinkedReport
 from .archives.config import ArchiveConfig, load_archives
@@ -31,10 +30,12 @@ from .errors import ArchiveError, ArchiveNotLinked, ArchiveTimeout
 from .http import Deadline
 from .locks import hashed_key
 from .models import ArchiveStatus, LaunchContext, PatientSummary, Study
-from .outcome_json import outcome_parts, outcome_to_json
+from .outcome_json import outcome_of, outcome_to_json
 from .session_store import SessionStore
 
 log = logging.getLogger(__name__)
+__all__ = ["ArchiveOutcome", "Federation", "FederationResult", "federation", "init_app", "link", "make_archive",
+           "merge_studies", "newest_first"]
 
 GRACE_S = 0.5  # an archive thread gets this long past its deadline to hand back what it has
 DEFAULT_MAX_BYTES = 20 * 1024 * 1024
@@ -72,96 +73,10 @@ class ArchiveOutcome:
     studies: list[Study] = field(default_factory=list)
     reports: list[LinkedReport] = field(default_factory=list)
     orders: list[LinkedOrder] = field(default_factory=list)
+    withheld: list[dict[str, str]] = field(default_factory=list)  # stub rows (app/words.py)
 
 
-# --- merging and linking -------------------------------------------------------------------------
-
-
-def _sort_key(study: Study) -> tuple[bool, datetime]:
-    started = study.started.replace(tzinfo=None) if study.started else datetime.min
-    return study.started is not None, started
-
-
-def newest_first(studies: Iterable[Study]) -> list[Study]:
-    """Studies by start time, newest first; undated ones last."""
-    return sorted(studies, key=_sort_key, reverse=True)
-
-
-def _union(into: list, items: Iterable, key: Callable[[Any], Any] = lambda x: x) -> None:
-    have = {key(x) for x in into}
-    for item in items:
-        if key(item) not in have:
-            into.append(item)
-            have.add(key(item))
-
-
-def merge_studies(studies: Iterable[Study]) -> list[Study]:
-    """One Study per StudyInstanceUID (several `sources`), newest first; the inputs are not modified."""
-    merged: dict[str, Study] = {}
-    for study in studies:
-        have = merged.get(study.uid)
-        if have is None:
-            merged[study.uid] = copy.deepcopy(study)
-            continue
-        for name in ("started", "description", "accession", "series_count", "instance_count", "referrer",
-                     "facility"):
-            if getattr(have, name) is None:
-                setattr(have, name, getattr(study, name))
-        for name in ("modalities", "body_sites", "procedure_codes"):
-            setattr(have, name, tuple(dict.fromkeys((*getattr(have, name), *getattr(study, name)))))
-        _union(have.sources, study.sources)
-        _union(have.badges, study.badges)
-        _union(have.reports, copy.deepcopy(study.reports), key=lambda r: (r.source, r.id))
-        _union(have.orders, copy.deepcopy(study.orders), key=lambda o: (o.source, o.id))
-        _union(have.endpoints, study.endpoints)
-        _union(have.ids, study.ids)
-        _union(have.elsewhere, study.elsewhere)
-        have.matched_ids.update(study.matched_ids)
-    return newest_first(merged.values())
-
-
-def link(studies: Iterable[Study], reports: Iterable[LinkedReport], orders: Iterable[LinkedOrder]) -> set[str]:
-    """Attach reports (by imagingStudy reference or accession) and orders (by basedOn or accession).
-
-    Idempotent and indexed (a report finds its studies by UID and accession, not by a scan), so it
-    can run again whenever more archives have answered; returns the UIDs of studies that gained one.
-    """
-    by_uid: dict[str, Study] = {}
-    by_accession: dict[str, list[Study]] = {}
-    by_day: dict[tuple[Any, str], list[Study]] = {}
-    for study in studies:
-        by_uid[study.uid] = study
-        if study.accession:
-            by_accession.setdefault(study.accession, []).append(study)
-        if study.started:
-            for modality in study.modalities:
-                by_day.setdefault((study.started.date(), modality), []).append(study)
-    changed: set[str] = set()
-
-    def targets(uids: Iterable[str], accession: str | None) -> list[Study]:
-        found = [by_uid[u] for u in uids if u in by_uid]
-        return found + [s for s in by_accession.get(accession or "", []) if all(s is not f for f in found)]
-
-    def same_day(report: LinkedReport) -> list[Study]:
-        # Only for a note with no reference and no accession, and only when exactly one study matches.
-        if report.study_refs or report.accession or report.day is None:
-            return []
-        found = {s.uid: s for m in report.modalities for s in by_day.get((report.day, m), [])}
-        return list(found.values()) if len(found) == 1 else []
-
-    for linked_report in reports:
-        for study in targets(linked_report.study_uids, linked_report.accession) or same_day(linked_report):
-            before = len(study.reports)
-            _union(study.reports, [linked_report.report], key=lambda r: (r.source, r.id))
-            if len(study.reports) != before:
-                changed.add(study.uid)
-    for linked_order in orders:
-        for study in targets(linked_order.study_uids, linked_order.order.accession):
-            before = len(study.orders)
-            _union(study.orders, [linked_order.order], key=lambda o: (o.source, o.id))
-            if len(study.orders) != before:
-                changed.add(study.uid)
-    return changed
+# --- merging and linking: app/accumulator.py (one accumulator for /api/studies and the stream) ----
 
 
 # --- the federation ------------------------------------------------------------------------------
@@ -189,19 +104,32 @@ class Federation:
     def search(self, patient: PatientSummary, ctx: LaunchContext, ehr_token_provider: EhrTokenProvider, *,
                session_id: str | None = None, extra_archives: Sequence[ArchiveConfig] = ()) -> FederationResult:
         """Wait for every archive (or its deadline), then merge and link across archives."""
-        return self.merge(patient, self._outcomes(patient, ctx, ehr_token_provider, session_id, extra_archives),
-                          extra_archives)
+        acc = self.accumulate(patient, ctx, ehr_token_provider, session_id=session_id,
+                              extra_archives=extra_archives)
+        return FederationResult(patient, acc.studies(), tuple(acc.ordered_statuses()))
+
+    def accumulate(self, patient: PatientSummary, ctx: LaunchContext, ehr_token_provider: EhrTokenProvider, *,
+                   session_id: str | None = None, extra_archives: Sequence[ArchiveConfig] = (),
+                   outcomes: Iterable[ArchiveOutcome] | None = None) -> Accumulator:
+        """Every archive's outcome (or the given ones) folded into one Accumulator."""
+        source = outcomes if outcomes is not None else self._outcomes(patient, ctx, ehr_token_provider,
+                                                                      session_id, extra_archives)
+        return self.fold_outcomes(source, extra_archives)
+
+    def fold_outcomes(self, outcomes: Iterable[ArchiveOutcome],
+                      extra_archives: Sequence[ArchiveConfig] = ()) -> Accumulator:
+        """Outcomes (searched here, joined from a running search or read from another process's)
+        folded into one Accumulator in configuration order."""
+        acc = Accumulator([a.id for a in (*self.archives, *extra_archives)])
+        for outcome in outcomes:
+            acc.add(outcome)
+        return acc
 
     def merge(self, patient: PatientSummary, found: Iterable[ArchiveOutcome],
               extra_archives: Sequence[ArchiveConfig] = ()) -> FederationResult:
-        """Every archive's outcome merged and linked across archives (search(), and /api/studies)."""
-        order = {a.id: n for n, a in enumerate([*self.archives, *extra_archives])}
-        # Merge in configuration order, not arrival order, so `sources` and merged fields are stable.
-        outcomes = sorted(found, key=lambda o: order.get(o.status.id, len(order)))
-        studies = merge_studies(s for o in outcomes for s in o.studies)
-        link(studies, [r for o in outcomes for r in o.reports], [r for o in outcomes for r in o.orders])
-        statuses = [o.status for o in outcomes]
-        return FederationResult(patient, studies, tuple(statuses))
+        """Outcomes read elsewhere (a joined or replayed search) merged and linked like search()'s."""
+        acc = self.fold_outcomes(found, extra_archives)
+        return FederationResult(patient, acc.studies(), tuple(acc.ordered_statuses()))
 
     def iter_search(self, patient: PatientSummary, ctx: LaunchContext, ehr_token_provider: EhrTokenProvider, *,
                     session_id: str | None = None, extra_archives: Sequence[ArchiveConfig] = ()
@@ -223,27 +151,34 @@ class Federation:
                 yield outcome.status, studies
 
     def iter_outcomes(self, patient: PatientSummary, ctx: LaunchContext, ehr_token_provider: EhrTokenProvider, *,
-                      session_id: str | None = None, extra_archives: Sequence[ArchiveConfig] = ()
-                      ) -> Iterator[ArchiveOutcome]:
+                      session_id: str | None = None, extra_archives: Sequence[ArchiveConfig] = (),
+                      retry: str | None = None) -> Iterator[ArchiveOutcome]:
         """Each archive's whole answer (status, guarded studies, reports, orders) as it completes.
 
         For a caller that merges and links across archives itself (the event stream), so that a
-        report from one archive reaches a study that another archive brought earlier.
+        report from one archive reaches a study that another archive brought earlier. `retry`:
+        search only that archive again (bypassing the cache); the others answer from the cache
+        when they can and are not searched again.
         """
-        with closing(self._outcomes(patient, ctx, ehr_token_provider, session_id, extra_archives)) as outcomes:
+        with closing(self._outcomes(patient, ctx, ehr_token_provider, session_id, extra_archives,
+                                    retry=retry)) as outcomes:
             yield from outcomes
 
     # --- internals ------------------------------------------------------------------------------
 
     def _outcomes(self, patient: PatientSummary, ctx: LaunchContext, provider: EhrTokenProvider,
-                  session_id: str | None, extra: Sequence[ArchiveConfig]) -> Generator[ArchiveOutcome, None, None]:
+                  session_id: str | None, extra: Sequence[ArchiveConfig], *, retry: str | None = None
+                  ) -> Generator[ArchiveOutcome, None, None]:
         every = [*self.archives, *extra]
         todo = []
         for archive in every:
+            if archive.id == retry:
+                todo.append(archive)
+                continue
             cached = self._cached(session_id, patient.id, archive.id)
             if cached is not None:
                 yield cached
-            else:
+            elif retry is None:
                 todo.append(archive)
         if not todo:
             return
@@ -317,7 +252,8 @@ class Federation:
             adapter = self.adapter_factory(archive, client, ctx, every)
             answer = adapter.search(ref, deadline)
             kept = identity.guard(answer.candidates, ref, patient)
-            adapter.complete(kept.studies, deadline)
+            if answer.cut != "deadline":
+                adapter.complete(kept.studies, deadline)
         except ArchiveTimeout as exc:
             return ArchiveOutcome(_status(archive, "timeout", ms=_ms(started), error=exc.code, reason=exc.message))
         except ArchiveError as exc:
@@ -331,13 +267,20 @@ class Federation:
         _resolve_links(kept.studies, answer, reports, orders)
         link(kept.studies, reports, orders)
         reason = _reason(answer, kept)
+        if answer.cut:
+            reason = "; ".join(filter(None, [words.cut_reason(answer.cut, len(kept.studies) + kept.dropped,
+                                                              max_results=archive.max_results,
+                                                              timeout_s=archive.timeout_s), reason]))
         if via_pixm:
             for study in kept.studies:
-                _union(study.badges, [identity.VIA_PIXM])
+                union(study.badges, [identity.VIA_PIXM])
             reason = "; ".join(filter(None, ["linked through the PIXm cross-reference manager", reason]))
-        status = _status(archive, "ok", count=len(kept.studies), ms=_ms(started), dropped=kept.dropped + foreign,
-                         skipped=sum(answer.skipped.values()), reason=reason)
-        return ArchiveOutcome(status, kept.studies, reports, orders)
+        state = "timeout" if answer.cut == "deadline" else "ok"
+        status = _status(archive, state, count=len(kept.studies), ms=_ms(started), dropped=kept.dropped + foreign,
+                         skipped=sum(answer.skipped.values()), reason=reason, partial=answer.cut is not None,
+                         error=ArchiveTimeout.code if state == "timeout" else None, via_pixm=via_pixm)
+        return ArchiveOutcome(status, kept.studies, reports, orders,
+                              withheld=words.withheld_stubs(archive.id, kept.withheld))
 
     def _cached(self, session_id: str | None, patient_id: str, archive_id: str) -> ArchiveOutcome | None:
         if session_id is None:
@@ -350,7 +293,7 @@ class Federation:
             if hit is None or hit[0] <= self.clock():
                 self._cache.pop((session_id, patient_id, archive_id), None)
                 return None
-            return copy.deepcopy(hit[1])
+            return _copy_outcome(hit[1])
 
     def _remember(self, session_id: str | None, patient_id: str, outcome: ArchiveOutcome) -> None:
         # Only settled answers are kept: a reload retries archives that timed out or failed.
@@ -365,7 +308,17 @@ class Federation:
             for key in [k for k, (until, _) in self._cache.items() if until <= now]:
                 del self._cache[key]
             self._cache[(session_id, patient_id, outcome.status.id)] = (now + self.cache_ttl_s,
-                                                                        copy.deepcopy(outcome))
+                                                                        _copy_outcome(outcome))
+
+
+def _copy_outcome(outcome: ArchiveOutcome) -> ArchiveOutcome:
+    """A copy the cache and a reader can each change: studies copied, immutable parts shared.
+
+    Reports' and orders' link sets are settled when the archive's answer is collected, and only
+    read afterwards, so the lists are copied and the linked items shared.
+    """
+    return ArchiveOutcome(outcome.status, [copy_study(s) for s in outcome.studies], list(outcome.reports),
+                          list(outcome.orders), list(outcome.withheld))
 
 
 def _resolve_links(studies: list[Study], answer: ArchiveAnswer, reports: list[LinkedReport],
@@ -390,8 +343,13 @@ def _reason(answer: ArchiveAnswer, kept: identity.GuardResult) -> str | None:
     return "; ".join(parts) or None
 
 
-def _status(archive: ArchiveConfig, state: Any, **fields: Any) -> ArchiveStatus:
-    return ArchiveStatus(id=archive.id, name=archive.name, status=state, source=archive.source, **fields)
+def _status(archive: ArchiveConfig, state: Any, *, via_pixm: bool = False, **fields: Any) -> ArchiveStatus:
+    """An archive's status with its plain words (message), technical detail and "try again" (app/words.py)."""
+    said = words.describe(state, error=fields.get("error"), reason=fields.get("reason"),
+                          count=fields.get("count", 0), partial=fields.get("partial", False), via_pixm=via_pixm,
+                          dropped=fields.get("dropped", 0), skipped=fields.get("skipped", 0))
+    return ArchiveStatus(id=archive.id, name=archive.name, status=state, source=archive.source,
+                         message=said.message, detail=said.detail, retry=said.retry, **fields)
 
 
 def _ms(started: float) -> int:
@@ -422,7 +380,7 @@ def init_app(app: Flask) -> None:
 
 def outcome_from_json(data: dict[str, Any]) -> ArchiveOutcome:
     """An ArchiveOutcome read back from the shared store (see outcome_json.py)."""
-    return ArchiveOutcome(*outcome_parts(data))
+    return outcome_of(ArchiveOutcome, data)
 
 
 def federation() -> Federation:

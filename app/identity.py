@@ -27,6 +27,7 @@ import logging
 import re
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from .archives.base import Candidate, PatientRef, Subject
 from .archives.config import ArchiveConfig
@@ -37,6 +38,7 @@ log = logging.getLogger(__name__)
 
 NAME_DIFFERS = "identity: name differs"
 VIA_PIXM = "identity: linked via PIXm"
+BIRTH_DATE_UNREADABLE = "identity: birth date unreadable"  # shown, not withheld: nothing to compare
 
 
 def ref_for(archive: ArchiveConfig, identifier: Identifier, iss: str) -> PatientRef:
@@ -94,8 +96,9 @@ def name_differs(subject_name: str | None, patient_name: str) -> bool:
     return not (ours <= theirs or theirs <= ours)
 
 
-def _words(name: str) -> set[str]:
-    return {w for w in re.split(r"[^\w]+", name.casefold()) if w}
+@lru_cache(maxsize=1024)
+def _words(name: str) -> frozenset[str]:
+    return frozenset(w for w in re.split(r"[^\w]+", name.casefold()) if w)
 
 
 @dataclass
@@ -105,6 +108,10 @@ class GuardResult:
     studies: list[Study] = field(default_factory=list)
     dropped: int = 0
     reasons: Counter[str] = field(default_factory=Counter)
+    # Studies whose identifier matched but whose demographics conflict: (reason, study). Their
+    # description and year may be shown as a stub row ("ask HIM to reconcile"); a study filed
+    # under another patient's identifier never is (that would show another patient's data).
+    withheld: list[tuple[str, Study]] = field(default_factory=list)
 
     def reason_text(self) -> str | None:
         if not self.reasons:
@@ -124,10 +131,13 @@ def guard(candidates: list[Candidate], ref: PatientRef, patient: PatientSummary)
         if problems:
             result.dropped += 1
             result.reasons[" and ".join(problems) + " from the EHR"] += 1
+            result.withheld.append((" and ".join(problems), cand.study))
             continue
         study = cand.study
-        if name_differs(cand.subject.name, patient.name) and NAME_DIFFERS not in study.badges:
-            study.badges.append(NAME_DIFFERS)
+        if name_differs(cand.subject.name, patient.name):
+            if NAME_DIFFERS not in study.badges:
+                study.badges.append(NAME_DIFFERS)
+            study.other_names[ref.archive_id] = cand.subject.name or ""
         if ref.identifier is not None:
             study.matched_ids[ref.archive_id] = ref.identifier
         elif ref.patient_id is not None:

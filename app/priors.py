@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
+from functools import lru_cache
 from typing import Any
 
-from .models import LaunchContext, Study
+from .models import LaunchContext, Report, Study
 
 # --- regions ------------------------------------------------------------------------------------
 
@@ -138,6 +139,8 @@ NON_IMAGE = frozenset({"SR", "KO", "PR", "DOC", "SEG", "REG", "RTSTRUCT", "RTPLA
 #: | group          | modalities      | where          | why                                           |
 #: |----------------|-----------------|----------------|-----------------------------------------------|
 #: | radiography    | CR, DX, RF      | anywhere       | the same projection images, digitised differently |
+#: | chest          | CR, DX, CT      | chest          | a new nodule on CT is checked against old radiographs |
+#: | musculoskeletal| CR, DX, CT, MR  | spine, pelvis, limbs | a joint, hip or spine MR/CT is read with radiographs |
 #: | cross-section  | CT, MR, PT      | anywhere       | cross-sectional anatomy of the same region    |
 #: | nuclear        | NM, PT          | anywhere       | functional imaging (bone scan vs PET)         |
 #: | ultrasound     | US, CT, MR      | neck, abdomen, pelvis | organ follow-up (liver, kidney, thyroid)  |
@@ -146,6 +149,9 @@ NON_IMAGE = frozenset({"SR", "KO", "PR", "DOC", "SEG", "REG", "RTSTRUCT", "RTPLA
 #: Everything else is comparable with itself only: MG outside the breast group, XA, OT.
 COMPARABLE: tuple[dict[str, Any], ...] = (
     {"id": "radiography", "modalities": ("CR", "DX", "RF"), "parts": None},
+    {"id": "chest-radiograph-ct", "modalities": ("CR", "DX", "CT"), "parts": ("chest",)},
+    {"id": "musculoskeletal", "modalities": ("CR", "DX", "CT", "MR"), "parts": ("spine", "pelvis", "upper-limb",
+                                                                                "lower-limb")},
     {"id": "cross-section", "modalities": ("CT", "MR", "PT"), "parts": None},
     {"id": "nuclear", "modalities": ("NM", "PT"), "parts": None},
     {"id": "ultrasound", "modalities": ("US", "CT", "MR"), "parts": ("neck", "abdomen", "pelvis")},
@@ -186,7 +192,9 @@ def _from_text(text: str) -> list[str]:
         match = pattern.search(upper)
         if match:
             hits.append((match.start(), region))
-    return [region for _, region in sorted(hits)]
+    found = [region for _, region in sorted(hits)]
+    # "SKULL BASE TO MID THIGH" names the extent of a whole-body scan, not the head as well.
+    return ["whole-body"] if "whole-body" in found else found
 
 
 def _from_body_site(value: str) -> list[str]:
@@ -199,19 +207,75 @@ def _from_body_site(value: str) -> list[str]:
     return _from_text(value)  # a display text such as "Knee region structure"
 
 
-def body_region(study: Study) -> str | None:
-    """The study's body region id (a key of `REGIONS`), or None when nothing names one."""
+def _named(study: Study) -> list[str]:
+    """Every region the study names, most trusted source first (see `body_region`)."""
+    return list(_named_from(tuple(study.body_sites), tuple(study.procedure_codes), study.description))
+
+
+@lru_cache(maxsize=8192)
+def _named_from(body_sites: tuple[str, ...], procedure_codes: tuple[str, ...], description: str | None
+                ) -> tuple[str, ...]:
+    """`_named` on the fields themselves, memoised: a long history repeats the same few procedures."""
+    return tuple(_named_uncached(body_sites, procedure_codes, description))
+
+
+def _named_uncached(body_sites: tuple[str, ...], procedure_codes: tuple[str, ...], description: str | None
+                    ) -> list[str]:
     found: list[str] = []
-    for site in study.body_sites:
+    for site in body_sites:
         found += [r for r in _from_body_site(site) if r not in found]
+    ordered: list[str] = []
+    for code in procedure_codes:
+        region = PROCEDURE_REGIONS.get(_code(code))
+        if region and region not in ordered:
+            ordered.append(region)
+    if not ordered:  # no known code: the procedure's own words ("CT CHEST W CONTRAST"), then the description
+        for text in procedure_codes:
+            ordered += [r for r in _from_text(text) if r not in ordered]
+    if not ordered and description:
+        ordered = _from_text(description)
     if not found:
-        for code in study.procedure_codes:
-            region = PROCEDURE_REGIONS.get(_code(code))
-            if region and region not in found:
-                found.append(region)
-    if not found and study.description:
-        found = _from_text(study.description)
-    return _resolve(found)
+        return ordered
+    # The procedure (code or description) names what was examined as a whole; series body sites
+    # are often partial (a CT chest/abdomen/pelvis whose only tagged series says ABDOMEN). When
+    # the procedure covers every part the sites name, the procedure's fuller anatomy counts.
+    site_parts = frozenset().union(*(REGIONS[r][1] for r in found))
+    proc_parts = frozenset().union(*(REGIONS[r][1] for r in ordered)) if ordered else frozenset()
+    if ordered and site_parts < proc_parts:
+        return ordered
+    return found
+
+
+def body_region(study: Study) -> str | None:
+    """The study's body region id (a key of `REGIONS`), or None when nothing names one.
+
+    From the series' body sites, unless the procedure code or description names a larger
+    anatomy that includes them (CT CHEST/ABD/PELVIS whose series say ABDOMEN is chest + abdomen
+    + pelvis); then the procedure codes; then the description.
+    """
+    return _region_from(tuple(study.body_sites), tuple(study.procedure_codes), study.description)
+
+
+@lru_cache(maxsize=8192)
+def _region_from(body_sites: tuple[str, ...], procedure_codes: tuple[str, ...], description: str | None
+                 ) -> str | None:
+    return _resolve(_named_from(body_sites, procedure_codes, description))
+
+
+#: The canonical order of anatomical parts in `regions` (head to toe).
+PART_ORDER = ("head", "neck", "chest", "breast", "abdomen", "pelvis", "spine", "upper-limb", "lower-limb")
+
+
+def parts_of(study: Study) -> frozenset[str]:
+    """Every anatomical part the study covers (a multi-region study covers several)."""
+    named = _named_from(tuple(study.body_sites), tuple(study.procedure_codes), study.description)
+    return frozenset().union(*(REGIONS[r][1] for r in named)) if named else frozenset()
+
+
+def regions(study: Study) -> list[str]:
+    """The parts covered, head to toe: CT chest/abdomen/pelvis -> ["chest", "abdomen", "pelvis"]."""
+    parts = parts_of(study)
+    return [p for p in PART_ORDER if p in parts]
 
 
 def region_label(region: str | None) -> str | None:
@@ -222,7 +286,12 @@ def comparable(a: Iterable[str], b: Iterable[str], region_a: str | None, region_
     """Whether two studies (modalities, regions) are worth comparing: overlapping anatomy, comparable modality."""
     if region_a not in REGIONS or region_b not in REGIONS:
         return False
-    shared = REGIONS[region_a][1] & REGIONS[region_b][1]
+    return comparable_parts(a, b, REGIONS[region_a][1], REGIONS[region_b][1])
+
+
+def comparable_parts(a: Iterable[str], b: Iterable[str], parts_a: frozenset[str], parts_b: frozenset[str]) -> bool:
+    """`comparable` on the anatomical parts each study covers (multi-region studies cover several)."""
+    shared = parts_a & parts_b
     if not shared:
         return False
     mods_a, mods_b = _image_modalities(a), _image_modalities(b)
@@ -237,22 +306,54 @@ def comparable(a: Iterable[str], b: Iterable[str], region_a: str | None, region_
     return False
 
 
-def is_relevant_prior(current: Study, candidate: Study, *, regions: dict[str, str | None] | None = None) -> bool:
-    """Earlier than `current`, same anatomy, comparable modality (see `COMPARABLE`)."""
+def is_relevant_prior(current: Study, candidate: Study, *,
+                      parts: dict[str, frozenset[str]] | None = None) -> bool:
+    """Earlier than `current`, overlapping anatomy, comparable modality (see `COMPARABLE`)."""
     if candidate.uid == current.uid or candidate.started is None or current.started is None:
         return False
     if _sort_key(candidate) >= _sort_key(current):
         return False
-    reg_cur = regions[current.uid] if regions and current.uid in regions else body_region(current)
-    reg_cand = regions[candidate.uid] if regions and candidate.uid in regions else body_region(candidate)
-    return comparable(current.modalities, candidate.modalities, reg_cur, reg_cand)
+    parts_cur = parts[current.uid] if parts and current.uid in parts else parts_of(current)
+    parts_cand = parts[candidate.uid] if parts and candidate.uid in parts else parts_of(candidate)
+    return comparable_parts(current.modalities, candidate.modalities, parts_cur, parts_cand)
 
 
 def relevant_priors(current: Study, studies: Iterable[Study]) -> set[str]:
     """UIDs of the relevant priors of `current` among `studies`."""
     studies = list(studies)
-    regions = {s.uid: body_region(s) for s in [current, *studies]}
-    return {s.uid for s in studies if is_relevant_prior(current, s, regions=regions)}
+    parts = {s.uid: parts_of(s) for s in [current, *studies]}
+    return {s.uid for s in studies if is_relevant_prior(current, s, parts=parts)}
+
+
+#: How many of the most recent relevant priors are pinned under the current study (plus the oldest).
+PINNED_RECENT = 3
+
+
+def ranked_priors(current: Study, studies: Iterable[Study], *,
+                  parts: dict[str, frozenset[str]] | None = None) -> list[Study]:
+    """The relevant priors of `current`, best first.
+
+    A reader compares with the most recent comparable study first, and with the oldest one to see
+    slow change (a nodule stable for years): the first `PINNED_RECENT` are the most recent (the
+    same modality and the same anatomy before merely comparable ones), then the oldest relevant
+    prior, then the rest by recency.
+    """
+    parts = parts if parts is not None else {s.uid: parts_of(s) for s in [current, *studies]}
+    found = [s for s in studies if is_relevant_prior(current, s, parts=parts)]
+    if not found:
+        return []
+    mods = _image_modalities(current.modalities)
+    mine = parts.get(current.uid) or parts_of(current)
+
+    def closeness(s: Study) -> tuple[bool, datetime]:
+        same = bool(mods & _image_modalities(s.modalities)) and (parts.get(s.uid) or frozenset()) == mine
+        return same, _sort_key(s)
+
+    by_recency = sorted(found, key=_sort_key, reverse=True)
+    best = sorted(by_recency[:PINNED_RECENT * 2], key=closeness, reverse=True)[:PINNED_RECENT]
+    oldest = by_recency[-1]
+    head = best + ([oldest] if oldest not in best else [])
+    return head + [s for s in by_recency if s not in head]
 
 
 def _sort_key(study: Study) -> datetime:
@@ -262,12 +363,14 @@ def _sort_key(study: Study) -> datetime:
     return started if started.tzinfo else started.replace(tzinfo=UTC)
 
 
-def current_study(studies: Iterable[Study], ctx: LaunchContext | None) -> Study | None:
-    """The study the launch is about, else the most recent one.
+IN_PROGRESS_ORDER = frozenset({"in-progress", "active"})
 
-    SMART App Launch 2.x `fhirContext`: `ImagingStudy/<id>` names a study whose FHIR id (in an
-    optional `ids` attribute) or StudyInstanceUID equals `<id>`; `ServiceRequest/<id>` names the
-    study fulfilling that order. When neither matches, the most recent dated study.
+
+def context_study(studies: Iterable[Study], ctx: LaunchContext | None) -> Study | None:
+    """The study the launch names: SMART App Launch 2.x `fhirContext` ImagingStudy or ServiceRequest.
+
+    `ImagingStudy/<id>` names a study whose FHIR id (`ids`) or StudyInstanceUID equals `<id>`;
+    `ServiceRequest/<id>` names the study fulfilling that order.
     """
     studies = list(studies)
     for ref in ctx.fhir_context if ctx else ():
@@ -277,8 +380,42 @@ def current_study(studies: Iterable[Study], ctx: LaunchContext | None) -> Study 
                 return study
             if rtype == "ServiceRequest" and any(order.id == rid for order in study.orders):
                 return study
+    return None
+
+
+def current_study(studies: Iterable[Study], ctx: LaunchContext | None, *, today: date | None = None
+                  ) -> Study | None:
+    """The study this visit is about, or None; never merely the newest old study (that is `latest_study`).
+
+    1. The `fhirContext` study or order (`context_study`).
+    2. Else a study of today (the clinician's local date `today`), one ordered in the launch
+       encounter (ServiceRequest.encounter), or one whose order is still in progress: the newest
+       such. A 7-month-old outside CT is not "current" because it is newest.
+    """
+    studies = list(studies)
+    named = context_study(studies, ctx)
+    if named is not None:
+        return named
+    if today is None:
+        return None
+    encounter = ctx.encounter_id if ctx else None
+    live = [s for s in studies if s.started is not None and (
+        _local_day(s.started) == today
+        or any((o.status or "").lower() == "in-progress" or (encounter and o.encounter == encounter)
+               for o in s.orders))]
+    return max(live, key=_sort_key) if live else None
+
+
+def latest_study(studies: Iterable[Study]) -> Study | None:
+    """The newest dated study (the first undated one when none is dated)."""
+    studies = list(studies)
     dated = [s for s in studies if s.started is not None]
     return max(dated, key=_sort_key) if dated else (studies[0] if studies else None)
+
+
+def _local_day(moment: datetime) -> date:
+    """The calendar day of a study: DICOM times are local (naive); FHIR instants are converted to local."""
+    return moment.astimezone().date() if moment.tzinfo else moment.date()
 
 
 # --- needs attention ----------------------------------------------------------------------------
@@ -295,13 +432,22 @@ CLOSED_ORDER = frozenset({"completed", "revoked", "entered-in-error", "cancelled
 RECENT = timedelta(days=30)
 
 
-def attention(study: Study, *, now: datetime | None = None, recent: timedelta = RECENT) -> list[str]:
+#: How long a final (signed, hence communicated) critical result stays in "Needs attention".
+CRITICAL_WINDOW = timedelta(days=7)
+
+
+def attention(study: Study, *, now: datetime | None = None, recent: timedelta = RECENT,
+              critical_window: timedelta = CRITICAL_WINDOW) -> list[str]:
     """Why a study needs attention, most serious first; empty when it does not.
 
     * "stat order" / "urgent order": a stat (or urgent/asap) order that is still open, or any stat
       or urgent order on a study from the last `recent` days. A completed urgent order from years
       ago is history, not a to-do.
-    * "critical result": any report flagged critical, whatever its age.
+    * "critical result": a report flagged critical that is not final yet, or a final one issued
+      (else the study started) within `critical_window`. A final critical report has been
+      communicated to the ordering clinician (ACR Practice Parameter for Communication of
+      Diagnostic Imaging Findings: critical findings are called before or as the report is
+      signed); a 9-month-old one is history.
     * "abnormal result": an abnormal report on a study from the last `recent` days.
     * "no final report": a report still registered/partial/preliminary, or a recent study with
       no report at all. Old studies without a known report (archive-only) are not flagged.
@@ -316,7 +462,7 @@ def attention(study: Study, *, now: datetime | None = None, recent: timedelta = 
         reasons.append(STAT_ORDER)
     elif priorities & {"urgent", "asap"}:
         reasons.append(URGENT_ORDER)
-    if any(r.critical for r in study.reports):
+    if any(_critical_open(r, started, now, critical_window) for r in study.reports):
         reasons.append(CRITICAL_RESULT)
     elif is_recent and any(r.abnormal for r in study.reports):
         reasons.append(ABNORMAL_RESULT)
@@ -324,6 +470,18 @@ def attention(study: Study, *, now: datetime | None = None, recent: timedelta = 
     if not statuses & FINAL_REPORT and (statuses & PENDING_REPORT or (is_recent and not study.reports)):
         reasons.append(NO_FINAL_REPORT)
     return reasons
+
+
+def _critical_open(report: Report, started: datetime | None, now: datetime, window: timedelta) -> bool:
+    if not report.critical:
+        return False
+    if (report.status or "").lower() not in FINAL_REPORT:
+        return True
+    when = report.issued or started
+    if when is None:
+        return False
+    when = when if when.tzinfo else when.replace(tzinfo=UTC)
+    return now - when <= window
 
 
 # --- the browser's copy of the rules ------------------------------------------------------------

@@ -13,7 +13,8 @@ DEMO_ARCHIVES = Path(__file__).parent / "demo_archives.toml"
 APP_CLIENT_ID = "imaging-timeline"
 BACKEND_CLIENT_ID = "imaging-timeline-backend"
 SCOPES = ("openid fhirUser offline_access patient/Patient.rs patient/ImagingStudy.rs patient/DiagnosticReport.rs "
-          "patient/ServiceRequest.rs patient/Endpoint.rs patient/DocumentReference.rs patient/Binary.r")
+          "patient/ServiceRequest.rs patient/Endpoint.rs patient/DocumentReference.rs patient/Binary.r "
+          "patient/Encounter.rs")
 
 
 def app_registration(app_url: str, sandbox_url: str) -> dict[str, Any]:

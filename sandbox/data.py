@@ -221,6 +221,8 @@ class StandaloneOrder:
     order: SandboxOrder
     patient_id: str
     procedure: Code
+    scheduled_for: datetime | None = None  # ServiceRequest.occurrenceDateTime
+    location: str | None = None  # where it is scheduled (ServiceRequest.locationReference display)
 
 
 @dataclass(frozen=True, slots=True)
@@ -540,7 +542,8 @@ def standard_data(today: date | None = None) -> SandboxData:
     studies += faye_studies(today)
     scheduled = StandaloneOrder(
         SandboxOrder("sr-amy-mr-knee-followup", "routine", "active", _at(today, 3, 10),
-                     "Post-operative follow-up"), "pat-amy", CODES["mr-knee"])
+                     "Post-operative follow-up"), "pat-amy", CODES["mr-knee"],
+        scheduled_for=_at(today, -2, 14), location="Riverside Imaging Center")
     return SandboxData((*PATIENTS, FAYE), tuple(studies), (scheduled,))
 
 

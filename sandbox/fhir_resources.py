@@ -282,7 +282,8 @@ def document_binary(study: SandboxStudy) -> dict[str, Any]:
 
 
 def order_resource(order_id: str, priority: str, status: str, authored: str, reason: str, code: Code,
-                   patient_id: str, accession: str | None, encounter: str | None = None) -> dict[str, Any]:
+                   patient_id: str, accession: str | None, encounter: str | None = None, *,
+                   occurrence: str | None = None, location: str | None = None) -> dict[str, Any]:
     res: dict[str, Any] = {
         "resourceType": "ServiceRequest", "id": order_id, "status": status, "intent": "order",
         "priority": priority,
@@ -298,6 +299,10 @@ def order_resource(order_id: str, priority: str, status: str, authored: str, rea
         res["identifier"] = [ident]
     if encounter:
         res["encounter"] = {"reference": f"Encounter/{encounter}"}
+    if occurrence:
+        res["occurrenceDateTime"] = occurrence
+    if location:
+        res["locationReference"] = [{"display": location}]
     return res
 
 
@@ -345,7 +350,9 @@ def build_ehr(data: SandboxData, *, validate: bool = True) -> ResourceIndex:
     for standalone in data.orders:
         o = standalone.order
         index.add(order_resource(o.id, o.priority, o.status, o.authored.isoformat(), o.reason,
-                                 standalone.procedure, standalone.patient_id, None), standalone.patient_id)
+                                 standalone.procedure, standalone.patient_id, None,
+                                 occurrence=standalone.scheduled_for.isoformat() if standalone.scheduled_for else None,
+                                 location=standalone.location), standalone.patient_id)
     if validate:
         for rtype in MODELS:
             for resource in index.all(rtype):

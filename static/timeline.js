@@ -575,7 +575,7 @@
     li.tabIndex = -1;
     li.classList.toggle('is-current', flags.current);
     li.classList.toggle('is-prior', flags.prior);
-    const attention = Array.isArray(view.attention) ? view.attention.map(str).filter(Boolean) : [];
+    const attention = Array.isArray(view.attention) ? view.attention.map(attentionLabel).filter(Boolean) : [];
     li.classList.toggle('needs-attention', attention.length > 0);
     const mods = [...imageModalities(view.modalities)];
     const primary = mods[0] || 'OT';
@@ -781,11 +781,16 @@
     });
   }
 
+  function attentionLabel(item) {
+    return item && typeof item === 'object' ? str(item.label) : str(item);
+  }
+
   function render() {
     const all = sorted();
-    const current = all.find((v) => v.current === true) || all.find((v) => startedAt(v) !== null) || null;
+    // The server decides the current (else latest) study and its priors (app/view_model.py).
+    const current = all.find((v) => v.current === true) || all.find((v) => v.latest === true) || null;
     state.currentUid = current ? current.uid : null;
-    state.priors = new Set(all.filter((v) => isRelevantPrior(current, v)).map((v) => v.uid));
+    state.priors = new Set(all.filter((v) => v.prior === true).map((v) => v.uid));
 
     const filters = $('filters');
     if (filters) filters.hidden = all.length === 0 && !filtersActive();
@@ -883,8 +888,8 @@
       if (t !== null) button.append(el('span', 'attention-age', relativeAge(t)));
       const reasons = el('span', 'attention-reasons');
       for (const reason of view.attention) {
-        const critical = /stat|critical/.test(str(reason));
-        reasons.append(el('span', `badge ${critical ? 'badge-critical' : 'badge-attention'}`, str(reason)));
+        const critical = /stat|critical/i.test(attentionLabel(reason));
+        reasons.append(el('span', `badge ${critical ? 'badge-critical' : 'badge-attention'}`, attentionLabel(reason)));
       }
       button.append(reasons);
       li.append(button);

@@ -168,3 +168,16 @@ SEED: dict[str, FakeStudy] = {
     # Right identifier, different birth date: withheld.
     "birth_conflict": FakeStudy("MRN-4004", ISSUER, birth_date="19991231").with_uid(),
 }
+
+
+def upload_zip(root: str, studies: list[FakeStudy], *, timeout: float = 600.0) -> None:
+    """POST many studies at once as one ZIP of Part-10 files (Orthanc >= 1.8.2 accepts a ZIP at /instances)."""
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as archive:
+        for n, study in enumerate(studies):
+            archive.writestr(f"{n:05d}.dcm", part10(study))
+    resp = requests.post(f"{root}/instances", data=buf.getvalue(), timeout=timeout,
+                         headers={"Content-Type": "application/zip"})
+    resp.raise_for_status()

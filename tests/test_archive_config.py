@@ -59,6 +59,7 @@ client_id = "imaging-timeline-backend"
     assert archive.auth == AuthConfig(kind="smart-backend", client_id="imaging-timeline-backend")
     assert archive.auth.scope == "system/ImagingStudy.rs system/Patient.rs system/Endpoint.rs"
     assert (archive.timeout_s, archive.max_results, archive.viewer) == (10.0, 500, None)
+    assert archive.page_size is None  # one request up to max_results
 
 
 def test_the_ehr_archive_needs_no_identifier_system():
@@ -118,6 +119,12 @@ def archive(**keys) -> str:
      'archives.toml: archive "pacs-east": "timeout_s" must be a number from 0.1 to 300 (got \'fast\')'),
     (archive(max_results="0"),
      'archives.toml: archive "pacs-east": "max_results" must be an integer from 1 to 10000 (got 0)'),
+    (archive(page_size="0"),
+     'archives.toml: archive "pacs-east": "page_size" must be an integer from 1 to 10000 (got 0)'),
+    (archive(page_size='"200"'),
+     'archives.toml: archive "pacs-east": "page_size" must be an integer from 1 to 10000 (got \'200\')'),
+    (archive(pagesize="200"),
+     'archives.toml: archive "pacs-east": unknown key "pagesize" (did you mean "page_size"?)'),
     (archive(identifier_system=None),
      'archives.toml: archive "pacs-east": missing key "identifier_system" (the FHIR identifier system of this '
      "archive's patient ids)"),
@@ -133,7 +140,9 @@ def archive(**keys) -> str:
     ("[archives]\nid = 1\n", 'archives.toml: unknown top-level key "archives"; archives are [[archive]] tables'),
     ("[[archive]\n", "archives.toml: not valid TOML"),
 ], ids=["typo-with-hint", "unknown-key", "auth-typo", "auth-missing-secret-env", "auth-kind", "kind", "base-url",
-        "ehr-on-dicomweb", "undefined-substitution", "timeout-type", "max-results-range", "no-identifier-system",
+        "ehr-on-dicomweb", "undefined-substitution", "timeout-type", "max-results-range",
+        "page-size-range", "page-size-type", "page-size-typo",
+        "no-identifier-system",
         "no-name", "bad-id", "no-id", "issuer-on-fhir", "viewer-kind", "duplicate-id", "top-level", "not-toml"])
 def test_a_bad_config_fails_at_start_naming_archive_and_key(text, message):
     with pytest.raises(ConfigError, match="^" + re.escape(message)):
@@ -208,3 +217,8 @@ def test_a_pixm_url_must_be_an_http_url():
     text = PACS.replace('max_results = 200', 'max_results = 200\npixm_url = "ftp://pix.example.org"')
     with pytest.raises(ConfigError, match=r'archive "pacs-east": "pixm_url" must be an http\(s\) URL'):
         load_archives(text)
+
+
+def test_page_size_is_read_for_archives_that_cap_limit():
+    (parsed,) = load_archives(archive(page_size="200"))
+    assert parsed.page_size == 200

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 from conftest import MRN_SYSTEM, OUTSIDE_SYSTEM, ConcurrencyProbe
@@ -395,3 +396,30 @@ def test_a_server_refusing_every_form_is_an_error_status(httpserver, jane, ehr_t
 
     assert (status["outside"].status, status["outside"].reason) == ("error", "HTTP 400")
     assert len([r for r, _ in httpserver.log if r.path == "/fhir/ImagingStudy"]) == 3
+
+
+def test_a_fhir_answer_cut_at_max_results_says_so(httpserver, jane, ehr_token):
+    studies = [imaging_study(f"is-{n}", f"1.2.{n}", started=f"2024-03-0{n}T10:00:00Z") for n in range(1, 4)]
+    httpserver.expect_request("/fhir/ImagingStudy").respond_with_json(bundle(*studies))
+    ehr = replace(EHR, max_results=2)
+
+    result, statuses = search([ehr], jane, ehr_token, httpserver.url_for("/fhir"), scopes=frozenset())
+
+    status = statuses["ehr"]
+    assert (len(result.studies), status.partial) == (2, True)
+    assert status.reason == "showing 2 of at least 3 — narrow by date (max_results = 2)"
+
+
+def test_procedure_codings_are_kept_as_codes_so_loinc_names_the_anatomy(httpserver, jane, ehr_token):
+    from app import priors
+
+    study = imaging_study("is-1", "1.2.3", description="Outside study",
+                          procedureCode=[{"coding": [{"system": "http://loinc.org", "code": "24590-2",
+                                                      "display": "MR Brain WO contrast"}], "text": "MRI HEAD"}])
+    httpserver.expect_request("/fhir/ImagingStudy").respond_with_json(bundle(study))
+
+    result, _ = search([EHR], jane, ehr_token, httpserver.url_for("/fhir"), scopes=frozenset())
+
+    (found,) = result.studies
+    assert found.procedure_codes == ("http://loinc.org|24590-2", "MRI HEAD")
+    assert priors.body_region(found) == "head"

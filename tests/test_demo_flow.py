@@ -127,8 +127,13 @@ def test_studies_are_merged_across_the_three_archives(demo):
 def test_stat_study_without_final_report_needs_attention(demo):
     _, browser = launch(demo, "pat-ben", embedded="1")
     first = studies(demo, browser)["studies"][0]
-    assert first["attention"][:2] == ["stat order", "no final report"]
+    assert first["attention"][:2] == [
+        {"code": "stat-order", "label": "STAT order", "acknowledged": None},
+        {"code": "no-final-report", "label": "No final report", "acknowledged": None}]
     assert first["orders"][0]["priority"] == "stat"
+    # One chip per meaning: the STAT priority and the preliminary report, each once.
+    assert [s["kind"] for s in first["signals"]].count("priority") == 1
+    assert [s["kind"] for s in first["signals"]].count("report") == 1
 
 
 def test_patient_without_an_outside_identifier_is_not_linked_there(demo):

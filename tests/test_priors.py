@@ -96,6 +96,41 @@ def test_body_sites_outrank_procedure_codes_and_description():
     assert priors.body_region(s) == "lower-limb"
 
 
+def test_a_procedure_naming_more_anatomy_than_its_series_counts_whole():
+    s = study(body_sites=["ABDOMEN"], description="CT CHEST/ABDOMEN/PELVIS W CONTRAST")
+    assert priors.body_region(s) == "chest-abdomen-pelvis"
+    assert priors.regions(s) == ["chest", "abdomen", "pelvis"]
+
+
+def test_a_multi_region_study_is_a_prior_for_each_region():
+    cap = study("1.1", days_ago=300, modalities=["CT"], description="CT CHEST ABDOMEN PELVIS W CONTRAST")
+    chest_ct = study("1.2", days_ago=1, modalities=["CT"], description="CT CHEST WO CONTRAST")
+    pelvis_mr = study("1.3", days_ago=1, modalities=["MR"], description="MR PELVIS")
+    assert priors.relevant_priors(chest_ct, [cap]) == {"1.1"}
+    assert priors.relevant_priors(pelvis_mr, [cap]) == {"1.1"}
+
+
+def test_a_new_lung_mass_on_ct_finds_the_old_chest_radiograph_and_ct():
+    current = study("1.1", days_ago=0, modalities=["CT"], description="CT CHEST W CONTRAST")
+    radiograph = study("1.2", days_ago=400, modalities=["CR"], description="XR CHEST 2 VIEWS")
+    old_ct = study("1.3", days_ago=900, modalities=["CT"], description="CT CHEST/ABD/PELVIS")
+    assert priors.relevant_priors(current, [radiograph, old_ct]) == {"1.2", "1.3"}
+
+
+def test_ranked_priors_put_the_most_recent_first_and_keep_the_oldest():
+    current = study("c", days_ago=0, modalities=["CT"], description="CT CHEST")
+    found = [study(f"p{n}", days_ago=100 * n, modalities=["CT"], description="CT CHEST") for n in range(1, 7)]
+    ranked = [s.uid for s in priors.ranked_priors(current, found)]
+    assert ranked == ["p1", "p2", "p3", "p6", "p4", "p5"]
+
+
+def test_ranked_priors_prefer_the_same_modality_among_the_recent():
+    current = study("c", days_ago=0, modalities=["CT"], description="CT CHEST")
+    xr = study("xr", days_ago=10, modalities=["CR"], description="XR CHEST")
+    ct = study("ct", days_ago=20, modalities=["CT"], description="CT CHEST")
+    assert [s.uid for s in priors.ranked_priors(current, [xr, ct])] == ["ct", "xr"]
+
+
 def test_every_mapped_region_has_a_label():
     targets = {*priors.SNOMED_REGIONS.values(), *priors.DICOM_REGIONS.values(),
                *priors.PROCEDURE_REGIONS.values(), *priors.KEYWORDS}
@@ -112,7 +147,11 @@ def test_every_mapped_region_has_a_label():
     (["CT", "PT"], "whole-body", ["CT"], "chest", True),  # PET/CT staging vs a chest CT
     (["PT"], "whole-body", ["NM"], "whole-body", True),
     (["CR"], "chest", ["DX"], "chest", True),
-    (["CR"], "chest", ["CT"], "chest", False),  # radiograph vs CT: not compared by default
+    (["CR"], "chest", ["CT"], "chest", True),  # a new nodule on CT is checked against old radiographs
+    (["DX"], "chest", ["CT"], "chest-abdomen-pelvis", True),
+    (["CR"], "head", ["CT"], "head", False),  # skull radiographs are not read against a head CT
+    (["DX"], "lower-limb", ["MR"], "lower-limb", True),  # a knee MR is read with its radiographs
+    (["US"], "chest", ["CT"], "chest", False),
     (["MG"], "breast", ["MG"], "breast", True),
     (["MG"], "breast", ["US"], "breast", True),  # breast work-up
     (["MR"], "breast", ["MG"], "breast", True),
@@ -174,9 +213,26 @@ def test_current_study_from_service_request_context():
 
 
 @pytest.mark.parametrize("refs", [(), ("ImagingStudy/9.9.9",), ("ServiceRequest/unknown",)])
-def test_current_study_defaults_to_the_most_recent(refs):
+def test_the_newest_old_study_is_latest_not_current(refs):
     a, b, c = study("1.1", days_ago=50), study("1.2", days_ago=2), study("1.3", days_ago=None)
-    assert priors.current_study([a, c, b], ctx(*refs)) is b
+    assert priors.current_study([a, c, b], ctx(*refs), today=NOW.date()) is None
+    assert priors.latest_study([a, c, b]) is b
+
+
+def test_a_study_of_today_is_current():
+    old, today = study("1.1", days_ago=200), study("1.2", days_ago=0.1)
+    assert priors.current_study([old, today], ctx(), today=NOW.date()) is today
+
+
+def test_a_study_whose_order_is_in_progress_is_current():
+    old = study("1.1", days_ago=300)
+    running = study("1.2", days_ago=3, orders=[Order(id="sr-1", status="in-progress")])
+    assert priors.current_study([old, running], ctx(), today=NOW.date()) is running
+
+
+def test_the_context_study_wins_over_a_study_of_today():
+    named, today = study("1.1", days_ago=400), study("1.2", days_ago=0)
+    assert priors.current_study([today, named], ctx("ImagingStudy/1.1"), today=NOW.date()) is named
 
 
 def test_current_study_of_nothing_is_none():
@@ -195,7 +251,12 @@ FINAL = Report(id="r", status="final")
     ({"days_ago": 900, "orders": [Order("o", priority="urgent", status="completed")], "reports": [FINAL]}, []),
     ({"days_ago": 3, "orders": [Order("o", priority="stat", status="completed")], "reports": [FINAL]},
      ["stat order"]),
-    ({"days_ago": 900, "reports": [Report("r", "final", critical=True, abnormal=True)]}, ["critical result"]),
+    ({"days_ago": 900, "reports": [Report("r", "final", critical=True, abnormal=True)]}, []),  # communicated
+    ({"days_ago": 270, "reports": [Report("r", "final", critical=True, issued=NOW - timedelta(days=270))]}, []),
+    ({"days_ago": 3, "reports": [Report("r", "final", critical=True, issued=NOW - timedelta(days=2))]},
+     ["critical result"]),
+    ({"days_ago": 900, "reports": [Report("r", "preliminary", critical=True)]},
+     ["critical result", "no final report"]),
     ({"days_ago": 5, "reports": [Report("r", "final", abnormal=True)]}, ["abnormal result"]),
     ({"days_ago": 500, "reports": [Report("r", "final", abnormal=True)]}, []),
     ({"days_ago": 500, "reports": [Report("r", "preliminary")]}, ["no final report"]),
@@ -219,3 +280,12 @@ def test_rules_json_is_plain_json_with_every_region_and_group():
                                               "parts": ["abdomen", "chest", "neck", "pelvis"]}
     assert {"id": "breast", "modalities": ["MG", "US", "MR"], "parts": ["breast"]} in rules["comparable"]
     assert "SR" in rules["nonImage"]
+
+
+def test_a_study_ordered_in_the_launch_encounter_is_current():
+    old = study("1.1", days_ago=300)
+    ed = study("1.2", days_ago=1, orders=[Order(id="sr-9", status="active", encounter="enc-1")])
+    launch = LaunchContext(iss="https://ehr.example/fhir", patient_id="p1", granted_scopes=frozenset(),
+                           encounter_id="enc-1")
+    assert priors.current_study([old, ed], launch, today=NOW.date()) is ed
+    assert priors.current_study([old, ed], ctx(), today=NOW.date()) is None

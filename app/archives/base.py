@@ -97,6 +97,9 @@ class ArchiveAnswer:
     skipped: Counter[str] = field(default_factory=Counter)  # unusable records, by reason
     notes: list[str] = field(default_factory=list)
     ignored_endpoints: int = 0  # ImagingStudy.endpoint addresses outside every configured archive
+    # Why the answer is incomplete: "max_results" (more studies than the cap), "pages" (the page
+    # cap), "deadline" (the archive's time ran out after some pages arrived); None when whole.
+    cut: str | None = None
 
     def skip(self, reason: str) -> None:
         self.skipped[reason] += 1

@@ -63,6 +63,9 @@ class ArchiveConfig:
     issuer_of_patient_id: str | None = None
     viewer: ViewerConfig | None = None
     max_results: int = 500
+    # Studies per QIDO/FHIR page; None: as many as the archive allows in one request (up to
+    # max_results). Set it for archives that cap `limit` (Azure DICOM service: 200).
+    page_size: int | None = None
     source: Literal["config", "discovered"] = "config"
     # IHE PIXm manager (FHIR base) asked for the patient's identifier in `identifier_system` when
     # the EHR's Patient carries none; None: such a patient is simply "not linked".
@@ -78,7 +81,7 @@ class ArchiveConfig:
 
 
 ARCHIVE_KEYS = {"id", "name", "kind", "base_url", "auth", "timeout_s", "identifier_system",
-                "issuer_of_patient_id", "viewer", "max_results", "pixm_url"}
+                "issuer_of_patient_id", "viewer", "max_results", "page_size", "pixm_url"}
 AUTH_KEYS = {"kind", "username", "password_env", "token_env", "client_id", "token_url", "scope"}
 VIEWER_KEYS = {"kind", "url"}
 AUTH_NEEDS = {"basic": ("username", "password_env"), "bearer": ("token_env",), "smart-backend": ("client_id",)}
@@ -212,6 +215,8 @@ def _archive(table: Any, label: str, subs: Mapping[str, str], n: int) -> Archive
         issuer_of_patient_id=issuer,
         viewer=_viewer(table.get("viewer"), check, subs),
         max_results=int(_number(table, "max_results", check, default=500, low=1, high=10_000, integer=True)),
+        page_size=int(_number(table, "page_size", check, default=0, low=1, high=10_000, integer=True))
+        if "page_size" in table else None,
         pixm_url=pixm_url.rstrip("/") if pixm_url else None,
     )
 

@@ -20,7 +20,7 @@ from fhirclient.models.patient import Patient
 from fhirclient.models.servicerequest import ServiceRequest
 
 from .. import imaging_endpoints
-from ..errors import ArchiveError, ArchiveResponseError
+from ..errors import ArchiveError, ArchiveResponseError, ArchiveTimeout
 from ..fhir import human_name  # the EHR reader's name rendering, so names compare like for like
 from ..http import Deadline, same_origin, under
 from ..models import Identifier, LaunchContext, Order, Report, Study, StudyEndpoint
@@ -63,7 +63,7 @@ class FhirArchive:
 
     def search(self, ref: PatientRef, deadline: Deadline) -> ArchiveAnswer:
         answer = ArchiveAnswer()
-        count = min(PAGE, self.config.max_results)
+        count = min(self.config.page_size or PAGE, self.config.max_results)
         if ref.patient_id is not None:
             variants = [{"patient": ref.patient_id}]
         elif ref.identifier is not None:
@@ -99,6 +99,7 @@ class FhirArchive:
             futures = {rtype: pool.submit(self._collect, rtype, params, deadline)
                        for rtype, params in searches.items()}
             studies, included, partial = futures.pop("ImagingStudy").result()  # its failure is the archive's
+            answer.cut = partial.cut
             if ref.patient_id is not None and self.config.is_ehr:
                 studies += self._context_studies(studies, ref.patient_id, deadline, included, partial)
             others = {}
@@ -169,10 +170,16 @@ class FhirArchive:
         """One search run to the end (capped): matches, included resources, and what was skipped."""
         part, included = ArchiveAnswer(), dict[str, dict[str, Any]]()
         found: list[tuple[str | None, dict[str, Any]]] = []
-        for match in self._search(rtype, params, deadline, part, included):
-            found.append(match)
-            if len(found) >= self.config.max_results:
-                break
+        try:
+            for match in self._search(rtype, params, deadline, part, included):
+                if len(found) >= self.config.max_results:
+                    part.cut = "max_results"  # one more than the cap exists: the answer is cut
+                    break
+                found.append(match)
+        except ArchiveTimeout:
+            if not found:
+                raise
+            part.cut = "deadline"  # keep the pages that arrived; the status says the answer is partial
         return found, included, part
 
     def _search(self, rtype: str, variants: list[dict[str, Any]], deadline: Deadline, answer: ArchiveAnswer,
@@ -259,7 +266,7 @@ class FhirArchive:
             modalities=tuple(dict.fromkeys(modalities)),
             description=res.description,
             body_sites=tuple(dict.fromkeys(s for s in sites if s)),
-            procedure_codes=tuple(t for t in (_text(c) for c in res.procedureCode or []) if t),
+            procedure_codes=_procedure_codes(res.procedureCode or []),
             accession=_accession(res.identifier),
             series_count=res.numberOfSeries if isinstance(res.numberOfSeries, int) else None,
             instance_count=res.numberOfInstances if isinstance(res.numberOfInstances, int) else None,
@@ -373,10 +380,15 @@ class FhirArchive:
     def _order(self, raw: dict[str, Any], full_url: str | None, answer: ArchiveAnswer,
                included: dict[str, dict[str, Any]], deadline: Deadline) -> None:
         res = ServiceRequest(raw, strict=False)
+        when = res.occurrenceDateTime or (res.occurrencePeriod.start if res.occurrencePeriod else None)
+        places = [r.display for r in res.locationReference or [] if r.display]
         order = Order(id=res.id or "", priority=res.priority, status=res.status,
                       code_text=_text(res.code) if res.code else None,
                       accession=_accession(res.identifier),
-                      source=self.config.id)
+                      source=self.config.id,
+                      occurrence=when.datetime if when is not None and isinstance(when.datetime, datetime) else None,
+                      location=places[0] if places else None,
+                      encounter=_local_id(res.encounter.reference, "Encounter") if res.encounter else None)
         answer.orders.append(LinkedOrder(order=order, subject=self._subject(res, included, deadline),
                                          refs=tuple(_keys(raw, full_url))))
 
@@ -395,6 +407,14 @@ class FhirArchive:
             accession=fhir_reports.accession_of(raw), day=day, modalities=modalities))
 
 
+def _local_id(reference: str | None, rtype: str) -> str | None:
+    """The id in a `Type/id` (or absolute `.../Type/id`) reference of type `rtype`."""
+    if not reference:
+        return None
+    parts = reference.rstrip("/").split("/")
+    return parts[-1] if len(parts) >= 2 and parts[-2] == rtype else None
+
+
 def _keys(resource: dict[str, Any], full_url: str | None) -> list[str]:
     """The references that may name `resource`: `Type/id` and its fullUrl."""
     keys = []
@@ -411,6 +431,17 @@ def _list(value: Any) -> list[Any]:
 
 def _strip_oid(value: str) -> str:
     return value.removeprefix("urn:oid:")
+
+
+def _procedure_codes(concepts: list[Any]) -> tuple[str, ...]:
+    """Each coding as `system|code` (LOINC/RSNA Playbook, CPT: app/priors.py maps them to anatomy), then the text."""
+    out: list[str] = []
+    for concept in concepts:
+        out += [f"{c.system}|{c.code}" if c.system else c.code for c in concept.coding or [] if c.code]
+        text = _text(concept)
+        if text and text not in out:
+            out.append(text)
+    return tuple(dict.fromkeys(out))
 
 
 def _text(concept: Any) -> str | None:
