@@ -171,13 +171,18 @@ class Study:
             "sources": list(self.sources),
             "reports": [{"id": r.id, "status": r.status, "conclusion": r.conclusion,
                          "issued": r.issued.isoformat() if r.issued else None, "abnormal": r.abnormal,
-                         "critical": r.critical, "source": r.source} for r in self.reports],
+                         "critical": r.critical, "source": r.source, "kind": r.kind} for r in self.reports],
             "orders": [{"id": o.id, "priority": o.priority, "status": o.status, "code_text": o.code_text,
-                        "accession": o.accession, "source": o.source} for o in self.orders],
-            "endpoints": [{"archive_id": e.archive_id, "address": e.address} for e in self.endpoints],
+                        "accession": o.accession, "source": o.source,
+                        "occurrence": o.occurrence.isoformat() if o.occurrence else None, "location": o.location,
+                        "encounter": o.encounter} for o in self.orders],
+            "endpoints": [{"archive_id": e.archive_id, "address": e.address, "token": e.token, "name": e.name}
+                          for e in self.endpoints],
             "badges": list(self.badges),
             "ids": list(self.ids),
+            "elsewhere": list(self.elsewhere),
             "matched_ids": {k: {"system": v.system, "value": v.value} for k, v in self.matched_ids.items()},
+            "other_names": dict(self.other_names),
         }
 
 
