@@ -99,21 +99,24 @@ export class WindowedList {
     return changed;
   }
 
+  /** Rows that stay are never moved (a moved element loses focus): drop the rest, insert the new. */
   reconcile(start, end) {
     const box = this.container;
-    let node = box.firstElementChild;
-    let changed = start !== this.start || end !== this.end;
+    const wanted = [];
     for (let i = start; i < end; i += 1) {
       const element = this.render(this.items[i]);
       element.dataset.key = this.items[i].key;
+      wanted.push(element);
+    }
+    const keep = new Set(wanted);
+    let changed = start !== this.start || end !== this.end;
+    for (const child of [...box.children]) {
+      if (!keep.has(child)) { child.remove(); changed = true; }
+    }
+    let node = box.firstElementChild;
+    for (const element of wanted) {
       if (node === element) { node = node.nextElementSibling; continue; }
       box.insertBefore(element, node);
-      changed = true;
-    }
-    while (node) {
-      const next = node.nextElementSibling;
-      node.remove();
-      node = next;
       changed = true;
     }
     this.start = start;

@@ -123,18 +123,18 @@ function listItems(views) {
 
 // --- keeping the row under the pointer still ------------------------------------------------
 
+/** The row to hold still: the one under the pointer, else (once scrolled) the first in view. */
 function anchorRow() {
-  let row = null;
   if (state.pointer) {
     const hit = document.elementFromPoint(state.pointer.x, state.pointer.y);
-    row = hit && hit.closest ? hit.closest('li.study, li.month') : null;
+    const row = hit && hit.closest ? hit.closest('li.study, li.month, li.order, li.withheld-item') : null;
+    if (row) return { row, top: row.getBoundingClientRect().top };
   }
-  if (!row) {
-    for (const candidate of $('years').children) {
-      if (candidate.getBoundingClientRect().bottom > 0) { row = candidate; break; }
-    }
+  if (window.scrollY <= 0) return null; // at the top, new studies simply appear above
+  for (const candidate of $('years').children) {
+    if (candidate.getBoundingClientRect().bottom > 0) return { row: candidate, top: candidate.getBoundingClientRect().top };
   }
-  return row && window.scrollY > 0 ? { row, top: row.getBoundingClientRect().top } : null;
+  return null;
 }
 
 function keepAnchor(anchor) {
@@ -179,11 +179,14 @@ function render({ keep = true } = {}) {
   if (current !== state.pinnedView) { state.pinnedView = current; state.gen += 1; }
 
   const { visible, counts } = applyFilters(all, state.filters, state.now);
-  state.visible = current ? visible.filter((v) => v.uid !== current.uid) : visible;
+  // The pinned study obeys the filters too: what the filters say is what the page shows.
+  const pinnedShown = current && visible.includes(current) ? current : null;
+  state.visible = pinnedShown ? visible.filter((v) => v !== pinnedShown) : visible;
+  state.pinnedShown = pinnedShown;
   renderToolbar(all, counts);
   renderAttention(all, { now: state.now, onAck: acknowledge });
   renderOrders(state.orders);
-  renderPinned(current, priors, { row: (view) => rowElement(view, 'h3'), ctx: rowCtx('h4') });
+  renderPinned(pinnedShown, priors, { row: (view) => rowElement(view, 'h3'), ctx: rowCtx('h4') });
   renderWithheld(state.withheld);
   list.setItems(listItems(state.visible));
   list.update(state.activeUid ? `r:${state.activeUid}` : null);
@@ -369,7 +372,7 @@ function bindToolbar() {
 // --- keyboard: one tab stop in the list, arrows move between rows ----------------------------
 
 function rowSequence() {
-  const uids = state.pinnedView ? [state.pinnedView.uid] : [];
+  const uids = state.pinnedShown ? [state.pinnedShown.uid] : [];
   for (const view of state.visible) uids.push(view.uid);
   return uids;
 }
@@ -430,8 +433,7 @@ function restoreFocus(place) {
 
 function goToStudy(uid) {
   if (!state.studies.has(uid)) return;
-  if (state.pinnedView && state.pinnedView.uid === uid) { focusRow(uid); flash(uid); return; }
-  if (!state.visible.some((v) => v.uid === uid)) clearFilters();
+  if (state.pinnedShown?.uid !== uid && !state.visible.some((v) => v.uid === uid)) clearFilters();
   focusRow(uid);
   flash(uid);
 }
@@ -451,7 +453,7 @@ function renderEmpty(all, visible) {
   const text = $('empty-text');
   const clear = $('empty-clear');
   if (!box || !text) return;
-  const shown = visible.length > 0 || state.pinnedView !== null;
+  const shown = visible.length > 0;
   box.hidden = shown;
   box.classList.toggle('is-searching', !state.done && !state.failed && all.length === 0);
   clear.hidden = true;
@@ -485,8 +487,7 @@ function renderEmpty(all, visible) {
 function renderSummary(all, visible) {
   const summary = $('summary');
   if (!summary) return;
-  const pinned = state.pinnedView && !visible.includes(state.pinnedView) ? 1 : 0;
-  const n = visible.length + pinned;
+  const n = visible.length;
   const shown = n === all.length ? plural(all.length, 'study', 'studies') : `${n} of ${plural(all.length, 'study', 'studies')}`;
   const waiting = [...state.archives.values()].filter((a) => a.status === 'searching').length;
   summary.textContent = `${shown}${waiting && !state.done && !state.failed ? ` · waiting for ${plural(waiting, 'archive')}` : ''}`;
