@@ -195,6 +195,7 @@ function render({ keep = true } = {}) {
   renderSummary(all, visible);
   restoreFocus(focus);
   keepAnchor(anchor);
+  loadThumbnailsSoon();
 }
 
 function onScroll() {
@@ -203,7 +204,25 @@ function onScroll() {
   requestAnimationFrame(() => {
     state.scrollQueued = false;
     if (list.update()) updateTabStops();
+    loadThumbnailsSoon();
   });
+}
+
+/** Thumbnails of the rows that stayed in view for THUMB_SETTLE_MS (not of rows flying past). */
+const THUMB_SETTLE_MS = 120;
+function loadThumbnailsSoon() {
+  clearTimeout(state.thumbTimer);
+  state.thumbTimer = setTimeout(loadThumbnails, THUMB_SETTLE_MS);
+}
+
+function loadThumbnails() {
+  const margin = window.innerHeight;
+  for (const img of document.querySelectorAll('img.thumb-img[data-src]')) {
+    const box = img.getBoundingClientRect();
+    if (box.bottom < -margin || box.top > window.innerHeight + margin) continue;
+    img.src = img.dataset.src;
+    delete img.dataset.src;
+  }
 }
 
 // --- toolbar: search, presets, jump to year, the collapsible filters -----------------------

@@ -63,7 +63,9 @@ export function fillRow(li, view, ctx) {
     img.height = 56;
     img.addEventListener('load', () => thumb.classList.add('has-image'));
     img.addEventListener('error', () => { img.remove(); thumb.classList.remove('has-image'); });
-    img.src = thumbUrl;
+    // Not fetched yet: main.js sets src once the row has stayed in view (see loadThumbnails), so
+    // rows that only fly past while scrolling cost the archive and the page nothing.
+    img.dataset.src = thumbUrl;
     thumb.append(img);
   }
 
