@@ -109,7 +109,7 @@ export function renderChip(archive, onRetry) {
       retry.addEventListener('click', () => onRetry(retry.dataset.archiveRetry));
       chip.insertBefore(retry, details);
     }
-    retry.setAttribute('aria-label', `Try ${archive.name} again`);
+    retry.setAttribute('aria-label', `Try again: ${archive.name}`);
   } else if (retry) {
     retry.remove();
   }
