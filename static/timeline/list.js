@@ -10,6 +10,7 @@
  * study, and nothing is gained by windowing them. */
 
 const OVERSCAN_PX = 800;
+const NEAR = 40; // items
 
 export class WindowedList {
   constructor(container, render, { renderAllBelow = 150 } = {}) {
@@ -87,8 +88,10 @@ export class WindowedList {
       const y = window.scrollY - this.top();
       start = Math.max(0, this.find(y - OVERSCAN_PX));
       end = Math.min(n, this.find(y + window.innerHeight + OVERSCAN_PX) + 1);
-      if (mustInclude !== null && this.index.has(mustInclude)) {
-        const i = this.index.get(mustInclude);
+      // An item just outside the window (a row keyboard focus moves to) is added; a far one is
+      // not, or the window would grow to everything between the two.
+      const i = mustInclude === null ? undefined : this.index.get(mustInclude);
+      if (i !== undefined && i >= start - NEAR && i < end + NEAR) {
         start = Math.min(start, i);
         end = Math.max(end, i + 1);
       }

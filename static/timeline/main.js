@@ -15,7 +15,7 @@
  * keeps the row under the pointer where it is when studies arrive above it.
  */
 
-import { $, announce, clip, el, plural, readJson, str, dataSpan } from './dom.js';
+import { $, announce, clip, dataSpan, el, iconFor, plural, readJson, str } from './dom.js';
 import { PRESETS } from './dates.js';
 import { byDate, info, setNonImage } from './views.js';
 import { applyFilters, emptyFilters, FACETS, filtersActive, hashIsEmpty, hiddenFilterCount, readHash,
@@ -42,6 +42,8 @@ const state = {
   orders: [],
   withheld: [],
   visible: [],
+  attention: [],
+  attentionGen: -1,
   rows: new Map(), // uid -> {el, view, gen}
   months: new Map(), // key -> element
   gen: 0, // bumps when something every row shows changes (the pinned study, archive names)
@@ -184,12 +186,18 @@ function render({ keep = true } = {}) {
   state.visible = pinnedShown ? visible.filter((v) => v !== pinnedShown) : visible;
   state.pinnedShown = pinnedShown;
   renderToolbar(all, counts);
-  renderAttention(all, { now: state.now, onAck: acknowledge });
+  const attention = all.filter((v) => info(v).attention.length);
+  if (attention.length !== state.attention.length || attention.some((v, i) => v !== state.attention[i])
+      || state.attentionGen !== state.gen) {
+    state.attention = attention; // redrawn only when one of its studies changed (keeps focus on its buttons)
+    state.attentionGen = state.gen;
+    renderAttention(attention, { now: state.now, onAck: acknowledge });
+  }
   renderOrders(state.orders);
   renderPinned(pinnedShown, priors, { row: (view) => rowElement(view, 'h3'), ctx: rowCtx('h4') });
   renderWithheld(state.withheld);
   list.setItems(listItems(state.visible));
-  list.update(state.activeUid ? `r:${state.activeUid}` : null);
+  list.update(focus ? `r:${focus.uid}` : null);
   updateTabStops();
   renderEmpty(all, visible);
   renderSummary(all, visible);
@@ -250,6 +258,7 @@ function renderFacet(facet, counts) {
       button.type = 'button';
       button.dataset.facet = facet;
       button.dataset.value = value;
+      if (facet === 'modality') button.append(iconFor(value, 'icon icon-sm'));
       button.append(dataSpan('span', 'fbtn-label'), el('span', 'count'));
     }
     existing.delete(value);
