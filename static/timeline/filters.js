@@ -54,9 +54,10 @@ export function applyFilters(views, f, now = Date.now()) {
     if (other && f.priors && view.prior !== true && view.current !== true) other = false;
     if (other && words.length && !words.every((w) => d.search.includes(w))) other = false;
     if (!other || failures > 1) continue;
-    for (const facet of FACETS) {
+    for (const facet of FACETS) { // a view's facet values are distinct (views.js), so each counts once
       if (failures === 1 && facet !== failedFacet) continue;
-      for (const v of new Set(d.facets[facet])) counts[facet].set(v, counts[facet].get(v) + 1);
+      const map = counts[facet];
+      for (const v of d.facets[facet]) map.set(v, map.get(v) + 1);
     }
     if (failures === 0) visible.push(view);
   }

@@ -18,7 +18,7 @@ export class WindowedList {
     this.render = render;
     this.renderAllBelow = renderAllBelow;
     this.items = [];
-    this.index = new Map(); // key -> position
+    this.indexMap = new Map(); // key -> position
     this.heights = new Map(); // key -> measured px
     this.mean = { row: 96, month: 30 };
     this.offsets = new Float64Array(1);
@@ -30,8 +30,13 @@ export class WindowedList {
 
   setItems(items) {
     this.items = items;
-    this.index = new Map(items.map((item, i) => [item.key, i]));
+    this.indexMap = null; // built when first asked for (a filter click need not pay for it)
     this.offsetsDirty = true;
+  }
+
+  get index() {
+    if (!this.indexMap) this.indexMap = new Map(this.items.map((item, i) => [item.key, i]));
+    return this.indexMap;
   }
 
   heightOf(item) {
@@ -97,7 +102,7 @@ export class WindowedList {
       }
     }
     const changed = this.reconcile(start, end);
-    this.measure();
+    if (changed || this.offsetsDirty) this.measure(); // nothing new in the DOM: heights are known
     this.pad();
     return changed;
   }

@@ -93,13 +93,16 @@ function monthElement(item) {
   if (!element) {
     element = el('li', 'month');
     const heading = el('h3', 'month-heading');
-    heading.append(el('span', 'month-name'), el('span', 'count month-count'));
+    const count = el('span', 'count month-count');
+    count.setAttribute('aria-hidden', 'true');
+    heading.append(el('span', 'month-name'), count, el('span', 'visually-hidden month-count-words'));
     element.append(heading);
     state.months.set(item.key, element);
   }
   element.querySelector('.month-name').textContent = item.label;
   element.querySelector('.month-count').textContent = ` ${item.count}`;
   element.querySelector('.month-count').title = plural(item.count, 'study', 'studies');
+  element.querySelector('.month-count-words').textContent = `, ${plural(item.count, 'study', 'studies')}`;
   element.dataset.year = item.year;
   return element;
 }

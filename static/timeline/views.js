@@ -94,7 +94,7 @@ export function info(view) {
   const t = startedAt(view);
   const date = t === null ? null : new Date(t);
   const mods = imageModalities(view.modalities);
-  const regions = Array.isArray(view.regions) && view.regions.length ? view.regions.map(str).filter(Boolean)
+  const regions = Array.isArray(view.regions) && view.regions.length ? [...new Set(view.regions.map(str).filter(Boolean))]
     : [view.region ? str(view.region) : 'unknown'];
   d = {
     t,
@@ -106,7 +106,7 @@ export function info(view) {
     facets: {
       modality: mods.length ? mods : ['OT'],
       region: regions,
-      source: Array.isArray(view.sources) ? view.sources.map(str) : [],
+      source: Array.isArray(view.sources) ? [...new Set(view.sources.map(str))] : [],
     },
     search: typeof view.search_text === 'string' ? view.search_text.toLowerCase() : buildSearchText(view),
     attention: attentionOf(view),
