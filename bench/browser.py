@@ -404,7 +404,7 @@ base_url = "{sandbox}/dicomweb"
 auth = { kind = "none" }
 identifier_system = "urn:oid:2.999.7418.1.1"
 issuer_of_patient_id = "SANDBOX-PACS"
-timeout_s = 120
+timeout_s = 300
 max_results = 10000
 """
 
@@ -468,7 +468,7 @@ def long_run(browser: Any, demo: Demo, patient: str, clicks: int, frames: int) -
     try:
         page = context.new_page()
         page.goto(f"{demo.chart_url}launch?patient={patient}&embedded=1")
-        page.locator('#study-list[aria-busy="false"]').wait_for(state="attached", timeout=300_000)
+        page.locator('#study-list[aria-busy="false"]').wait_for(state="attached", timeout=330_000)
         page.wait_for_timeout(300)
         load_nodes = page.evaluate("document.getElementsByTagName('*').length")
         rows = int(page.locator("#summary").text_content().split()[0])

@@ -212,3 +212,13 @@ def test_today_is_the_clinicians_local_day_with_the_time_of_day(browser, demo):
         assert page.locator(f'[data-study-uid="{second["uid"]}"] .study-age').text_content() == "yesterday"
     finally:
         context.close()
+
+
+def test_search_uses_the_servers_search_text(page, demo):
+    fixture = contract_fixture(real_views(page, demo, "pat-amy"))
+    target = fixture["studies"][-1]
+    target["search_text"] = "xr chest · riverside · zebra-sign impression"
+    serve_fixture(page, fixture)
+    show(page)
+    page.locator("#f-search").fill("Zebra-Sign")
+    assert page.locator("[data-study-uid]").evaluate_all("r => r.map(e => e.dataset.studyUid)") == [target["uid"]]
