@@ -436,6 +436,10 @@ SCROLL = """async ([frames, STEP]) => {
 }"""
 
 
+class IncompleteLaunch(Exception):
+    """The page did not receive every study (an archive timed out): the run measures nothing."""
+
+
 @dataclass
 class LongRun:
     load_nodes: int
@@ -475,7 +479,7 @@ def long_run(browser: Any, demo: Demo, patient: str, clicks: int, frames: int) -
         statuses = page.locator("#archive-chips [data-archive-id]").evaluate_all(
             "cs => cs.map(c => [c.dataset.archiveId, c.dataset.status, c.title])")
         if patient == LONG_PATIENT and rows != LONG_N:
-            raise SystemExit(f"{patient}: {rows} studies on the page, not {LONG_N}; archives: {statuses}")
+            raise IncompleteLaunch(f"{rows} studies on the page, not {LONG_N}; archives: {statuses}")
         page.evaluate(CLICK_SETUP)
         if page.locator("#f-toggle").get_attribute("aria-expanded") == "false":
             page.locator("#f-toggle").click()
@@ -519,7 +523,14 @@ def long_history(browser: Any, runs: int, quick: bool) -> str:
             big: list[LongRun] = []
             small: list[LongRun] = []
             for i in range(runs):
-                big.append(long_run(browser, demo, LONG_PATIENT, clicks, frames))
+                for attempt in range(3):  # on a loaded machine the sandbox PACS can time out paging 5,000
+                    try:
+                        big.append(long_run(browser, demo, LONG_PATIENT, clicks, frames))
+                        break
+                    except IncompleteLaunch as exc:
+                        print(f"long history run {i + 1}: attempt {attempt + 1} incomplete ({exc})", file=sys.stderr)
+                else:
+                    raise SystemExit("the 5,000-study launch did not complete in 3 attempts")
                 small.append(long_run(browser, demo, SHORT_PATIENT, clicks, frames))  # interleaved baseline
                 print(f"long history run {i + 1}/{runs}: {big[-1].rows} studies, click median "
                       f"{median(big[-1].clicks_ms):.0f} ms, frame p95 {p95(big[-1].frames_ms):.0f} ms, "
@@ -548,7 +559,7 @@ def long_history(browser: Any, runs: int, quick: bool) -> str:
         ("main thread per click (script + style + layout, CDP), ms", f"{b['click_main']:.1f}",
          f"{s['click_main']:.1f}", f"{b['click_main'] / s['click_main']:.2f}x", ""),
         ("main thread per scrolled frame (script + style + layout, CDP), ms", f"{b['frame_main']:.1f}",
-         f"{s['frame_main']:.1f}", f"{b['frame_main'] / max(s['frame_main'], 0.01):.2f}x", ""),
+         f"{s['frame_main']:.1f}", f"{b['frame_main'] / s['frame_main']:.2f}x" if s["frame_main"] >= 0.5 else "—", ""),
         ("**DOM nodes**, most seen (load, clicks, scroll)", f"**{b['nodes']:.0f}**", f"{s['nodes']:.0f}",
          f"{b['nodes'] / s['nodes']:.2f}x", f"≤ {GOAL_NODES}"),
     ]
