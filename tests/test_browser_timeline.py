@@ -119,12 +119,16 @@ def test_a_long_history_keeps_only_the_rows_in_view_in_the_dom(big, demo):
     assert 5 <= len(rows) <= 120
     assert rows[:3] == [s.uid for s in newest[:3]]
     assert dom_nodes(big) <= 5000
+    # Assistive technology hears the whole list's size (rows and month headings), not the rendered part's.
+    setsize = int(big.locator("#years > li").first.get_attribute("aria-setsize"))
+    assert setsize > BIG_N - 2
     # The list is as tall as all of it: scrolled to the end, the oldest study is there.
     big.evaluate("window.scrollTo(0, document.documentElement.scrollHeight)")
     big.wait_for_function("uid => !!document.querySelector(`[data-study-uid=\"${uid}\"]`)", arg=newest[-1].uid,
                           timeout=5_000)
     assert len(rendered_uids(big)) <= 120
     assert dom_nodes(big) <= 5000
+    assert big.locator("#years > li").last.get_attribute("aria-posinset") == str(setsize)
     big.evaluate("window.scrollTo(0, 0)")
 
 

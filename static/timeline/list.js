@@ -111,9 +111,13 @@ export class WindowedList {
   reconcile(start, end) {
     const box = this.container;
     const wanted = [];
+    const size = String(this.items.length);
     for (let i = start; i < end; i += 1) {
       const element = this.render(this.items[i]);
       element.dataset.key = this.items[i].key;
+      // A screen reader hears "item 212 of 5,040", not "of the 30 in the DOM".
+      if (element.getAttribute('aria-setsize') !== size) element.setAttribute('aria-setsize', size);
+      if (element.getAttribute('aria-posinset') !== String(i + 1)) element.setAttribute('aria-posinset', String(i + 1));
       wanted.push(element);
     }
     const keep = new Set(wanted);
