@@ -156,6 +156,8 @@ class ViewBuilder:
             out.append(_signal("report", "Final report", "ok"))
         elif statuses & priors.PENDING_REPORT:
             out.append(_signal("report", "Preliminary report", "warning"))
+        elif "available" in statuses:  # a DICOM SR / Encapsulated PDF the archive holds (read on opening)
+            out.append(_signal("report", "Report in the archive", "info"))
         elif priors.NO_FINAL_REPORT in reasons:
             out.append(_signal("report", "No report yet", "info"))
         if NAME_DIFFERS in study.badges:

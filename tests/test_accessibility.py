@@ -4,8 +4,9 @@ axe-core is a test tool only (never served by the app): `.ci/test` installs it f
 `.ci/axe/node_modules` (git-ignored). The app's CSP forbids injected scripts, so the browser
 context bypasses CSP here and nowhere else. Pages: the start page, the 401 error page, and the
 timeline after its stream finished (full window with the patient banner and the "Needs attention"
-strip, with a filter applied, with a report panel open, and inside the sandbox chart's iframe, where
-only the app's frame is audited: the chart stands in for a third-party EHR).
+strip, with a filter applied, with a report panel open, in dark mode, in a 600 px chart frame with the filters open and a
+search typed, and inside the sandbox chart's iframe, where only the app's frame is audited: the
+chart stands in for a third-party EHR).
 
 Besides the WCAG 2.0/2.1 A and AA rules, axe's "best-practice" rules run too: they are where axe
 checks semantic structure (one banner and one main landmark, content inside landmarks, heading levels).
@@ -114,6 +115,43 @@ def test_timeline_inside_the_chart_iframe(page, demo):
     wait_finished(app_frame)
     assert app_frame.locator(".patient-banner").count() == 0
     assert_accessible(app_frame)
+
+
+def test_timeline_in_dark_mode(browser, demo):
+    context = browser.new_context(viewport={"width": 1200, "height": 900}, bypass_csp=True, color_scheme="dark")
+    try:
+        page = context.new_page()
+        launch_full_window(page, demo)
+        assert page.evaluate("matchMedia('(prefers-color-scheme: dark)').matches")
+        assert_accessible(page)
+    finally:
+        context.close()
+
+
+def test_timeline_in_a_narrow_chart_frame_with_the_filters_open(browser, demo):
+    context = browser.new_context(viewport={"width": 600, "height": 760}, bypass_csp=True)
+    try:
+        page = context.new_page()
+        page.goto(f"{demo.chart_url}launch?patient=pat-ben&embedded=1")
+        wait_finished(page)
+        page.locator("#f-toggle").click()
+        page.locator("#f-search").fill("ct")
+        assert_accessible(page)
+    finally:
+        context.close()
+
+
+def test_timeline_with_every_contract_section_shown(page, demo):
+    """Pinned study with priors, signals, attention with Acknowledge, orders, stubs, archive details."""
+    from tests.contract_fixture import contract_fixture, real_views, serve_fixture, show
+
+    fixture = contract_fixture(real_views(page, demo, "pat-amy"))
+    serve_fixture(page, fixture)
+    show(page)
+    assert page.locator("#pinned-priors li").count() == 2 and page.locator("button.btn-ack").count() == 1
+    assert page.locator("li[data-order-id]").count() == 1 and page.locator(".withheld-item").count() == 1
+    page.locator('[data-archive-id="outside"] .chip-reason > summary').click()
+    assert_accessible(page)
 
 
 # --- keyboard ---------------------------------------------------------------------------------------

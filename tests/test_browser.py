@@ -222,19 +222,6 @@ def test_thumbnails_load_lazily_with_an_icon_placeholder(page, demo):
     assert thumbs.first.evaluate("img => img.complete && img.naturalWidth > 0")
 
 
-def test_the_browser_prior_rule_matches_app_priors(page, demo):
-    from app import priors
-
-    frame = open_chart(page, demo, "pat-amy")
-    wait_done(frame)
-    mods = [["CT"], ["MR"], ["PT", "CT"], ["NM"], ["CR"], ["DX"], ["US"], ["MG"], ["XA"], ["SR"], ["OT"]]
-    regions = [*priors.REGIONS, None, "nowhere"]
-    cases = [(a, b, ra, rb) for a in mods for b in mods for ra in regions for rb in regions]
-    in_browser = frame.locator("body").evaluate(
-        "(b, cases) => cases.map(([a, m, ra, rb]) => window.imagingTimeline.comparable(a, m, ra, rb))", cases)
-    assert in_browser == [priors.comparable(a, b, ra, rb) for a, b, ra, rb in cases]
-
-
 # --- slow and failing archives ----------------------------------------------------------------------
 
 def test_a_slow_archive_answers_after_the_others(page, demo, sandbox_state):
@@ -282,3 +269,81 @@ def test_hostile_strings_render_as_text(page, demo, dialogs):
     assert description.get_attribute("dir") == "auto"
     assert description.evaluate("e => e.getBoundingClientRect().height < 80")  # clamped, not 12 kB of text
     assert page.evaluate("document.documentElement.scrollWidth <= document.documentElement.clientWidth")
+
+
+# --- fits the chart -------------------------------------------------------------------------------
+
+def own_page(browser, width: int = 1000, height: int = 900, **options):
+    context = browser.new_context(viewport={"width": width, "height": height}, **options)
+    return context, context.new_page()
+
+
+def launch_embedded(page, demo, patient: str, *, style: bool = False) -> None:
+    """The chart frame's own launch (embedded=1: no patient banner), full window, until done."""
+    page.goto(f"{demo.chart_url}launch?patient={patient}&embedded=1{'&style=1' if style else ''}")
+    wait_done(page)
+
+
+def rendered_uids(page) -> list[str]:
+    return page.locator("[data-study-uid]").evaluate_all("rows => rows.map(r => r.dataset.studyUid)")
+
+
+def test_the_first_study_row_is_fully_visible_in_a_600_by_760_chart_frame(browser, demo):
+    context, page = own_page(browser, 600, 760)
+    try:
+        launch_embedded(page, demo, "pat-amy")
+        assert page.locator("#archive-chips [data-archive-id]").count() == 3
+        assert page.evaluate("window.scrollY") == 0
+        box = page.locator("[data-study-uid]").first.bounding_box()
+        assert box["y"] >= 0 and box["y"] + box["height"] <= 760, box
+        assert page.locator("#filters-more").is_hidden()  # the other filters fold away in a narrow frame
+        page.locator("#f-toggle").click()
+        assert page.locator("#f-modality button").first.is_visible()
+    finally:
+        context.close()
+
+
+
+def test_the_ehr_style_wins_over_the_system_scheme_and_its_fonts_apply(browser, demo):
+    from sandbox.smart import STYLE
+
+    context, page = own_page(browser, color_scheme="dark")
+    try:
+        launch_embedded(page, demo, "pat-amy", style=True)
+        assert page.evaluate("document.documentElement.dataset.theme") == "light"  # #edeae3 is light
+        assert page.evaluate("getComputedStyle(document.body).backgroundColor") == "rgb(237, 234, 227)"
+        family = page.evaluate("getComputedStyle(document.body).fontFamily")
+        assert family == STYLE["font_family_body"].replace("'", '"')  # the quotes arrive as quotes
+        assert "&#39;" not in page.content()
+        assert page.evaluate("getComputedStyle(document.documentElement).fontSize") == STYLE["dim_font_size"]
+        heading = page.evaluate("getComputedStyle(document.querySelector('h1')).fontFamily")
+        assert heading.startswith("HelveticaNeue-Light") and '"Lucida Grande"' in heading
+    finally:
+        context.close()
+
+
+
+def test_a_late_study_never_moves_the_row_under_the_pointer(browser, demo, sandbox_state):
+    sandbox_state.delays["dicomweb"] = 2.0
+    context, page = own_page(browser, 1000, 400)
+    try:
+        page.goto(f"{demo.chart_url}launch?patient=pat-amy&embedded=1")
+        page.locator('[data-archive-id="ehr"][data-status="ok"]').wait_for(timeout=15_000)
+        page.locator('[data-archive-id="outside"][data-status="ok"]').wait_for(timeout=15_000)
+        assert page.locator('[data-archive-id="pacs"]').get_attribute("data-status") == "searching"
+        early = rendered_uids(page)
+        # Only the PACS has these (the EHR may hold the report, not the study): they arrive last.
+        late = {s.uid for s in demo.data.studies if s.patient_id == "pat-amy" and not s.locations & {"ehr", "outside"}}
+        assert late and not late & set(early)
+        target = page.locator(f'#years [data-study-uid="{early[-1]}"]')
+        target.scroll_into_view_if_needed()
+        box = target.bounding_box()
+        page.mouse.move(box["x"] + 200, box["y"] + 10)
+        page.locator('[data-archive-id="pacs"][data-status="ok"]').wait_for(timeout=15_000)
+        page.wait_for_timeout(300)
+        assert late <= set(rendered_uids(page))
+        order = rendered_uids(page)
+        assert any(order.index(u) < order.index(early[-1]) for u in late)  # something did arrive above it
+        assert abs(target.bounding_box()["y"] - box["y"]) < 1
+    finally:
+        context.close()

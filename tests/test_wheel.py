@@ -59,7 +59,7 @@ def test_the_installed_sandbox_and_serve_render_the_start_page_an_error_page_and
         timeline = browser.get(f"{sandbox_url}/launch", params={"patient": "pat-ben"}, timeout=30)
         assert timeline.status_code == 200 and timeline.url == f"{app_url}/timeline"
         assert "data-archive-id" in timeline.text
-        assert browser.get(f"{app_url}/static/timeline.js", timeout=30).status_code == 200
+        assert browser.get(f"{app_url}/static/timeline/main.js", timeout=30).status_code == 200
         assert browser.get(f"{app_url}/static/icons/ct.svg", timeout=30).status_code == 200
         assert browser.get(f"{app_url}/api/studies", timeout=30).json()["studies"]
 
