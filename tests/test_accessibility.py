@@ -4,8 +4,8 @@ axe-core is a test tool only (never served by the app): `.ci/test` installs it f
 `.ci/axe/node_modules` (git-ignored). The app's CSP forbids injected scripts, so the browser
 context bypasses CSP here and nowhere else. Pages: the start page, the 401 error page, and the
 timeline after its stream finished (full window with the patient banner and the "Needs attention"
-strip, with a filter applied, with a report panel open, in dark mode, in a 600 px chart frame with the filters open and a
-search typed, and inside the sandbox chart's iframe, where only the app's frame is audited: the
+strip, with a filter applied, with a report panel open, in dark mode, in a 600 px chart frame with
+the filters open and a search typed, and inside the sandbox chart's iframe, where only the app's frame is audited: the
 chart stands in for a third-party EHR).
 
 Besides the WCAG 2.0/2.1 A and AA rules, axe's "best-practice" rules run too: they are where axe

@@ -101,7 +101,8 @@ def test_every_post_route_refuses_a_cross_site_request(ehr, tmp_path):
                                         "issuers": [{"iss": ehr.iss}]},
                       "SESSION_STORE": f"sqlite:///{tmp_path / 's.db'}", "ARCHIVES": ()})
     posts = sorted(r.rule for r in app.url_map.iter_rules() if "POST" in (r.methods or ()))
-    assert posts == ["/api/access-log", "/api/attention/ack", "/callback", "/logout"]  # a new POST route needs a line here
+    # A new POST route needs a line here.
+    assert posts == ["/api/access-log", "/api/attention/ack", "/callback", "/logout"]
     client = app.test_client()
     for rule in posts:
         # A cross-site form post: what another site can make a clinician's browser send.
