@@ -245,9 +245,13 @@ def test_a_failed_archive_shows_its_reason_while_the_rest_work(page, demo, sandb
     chip = frame.locator('[data-archive-id="outside"]')
     assert chip.get_attribute("data-status") == "error"
     assert chip.get_attribute("title")
-    chip.locator("summary").click()
-    assert chip.locator(".chip-reason p").is_visible()
-    assert chip.locator(".chip-reason p").text_content() == chip.get_attribute("title")
+    chip.locator(".chip-reason > summary").click()
+    assert chip.locator(".chip-reason > p").is_visible()
+    assert chip.locator(".chip-reason > p").text_content() == chip.get_attribute("title")
+    # Plain words for the clinician; the protocol detail for integrators behind its own disclosure.
+    assert "HTTP" not in chip.get_attribute("title")
+    chip.locator(".chip-detail > summary").click()
+    assert "503" in chip.locator(".chip-detail pre").text_content()
     assert frame.locator('[data-archive-id="ehr"]').get_attribute("data-status") == "ok"
     assert len(row_uids(frame)) >= 1
 

@@ -183,10 +183,17 @@ def test_date_presets_keep_the_recent_years(big, demo, preset, years):
 
 def test_last_72_hours_preset(page, demo):
     launch(page, demo, "pat-ben")  # the STAT CT head from yesterday
-    page.locator('#f-range button[data-value="72h"]').click()
     now = datetime.fromtimestamp(page.evaluate("Date.now()") / 1000, UTC)
     recent = {s.uid for s in demo.data.studies if s.patient_id == "pat-ben" and (now - s.started).days < 3}
+    everything = {s.uid for s in demo.data.studies if s.patient_id == "pat-ben"}
+    preset = page.locator('#f-range button[data-value="72h"]')
+    # Ben's launch is an emergency encounter: the server's view.default_range opens the last 72 h.
+    assert preset.get_attribute("aria-pressed") == "true"
     assert recent and set(rendered_uids(page)) == recent
+    preset.click()  # off again: the whole history
+    assert set(rendered_uids(page)) >= everything - recent
+    preset.click()
+    assert set(rendered_uids(page)) == recent
 
 
 def test_jump_to_year_shows_and_focuses_that_years_newest_study(big, demo):
@@ -294,6 +301,6 @@ def test_filters_work_from_the_keyboard(page, demo):
 def test_stylesheet_and_modules_are_same_origin_files(page, demo):
     launch(page, demo, "pat-amy")
     scripts = page.locator("script[src]").evaluate_all("s => s.map(e => [e.type, new URL(e.src).pathname])")
-    assert scripts == [["module", "/static/timeline/main.js"]]
+    assert scripts == [["module", "/static/timeline/main.js"], ["module", "/static/report-panel.js"]]
     assert re.search(r"script-src 'self'", page.evaluate("""async () =>
         (await fetch(location.href)).headers.get('content-security-policy')"""))

@@ -163,6 +163,10 @@ def test_images_held_elsewhere_say_why_and_shared_studies_get_a_viewer(page, dem
 
 def test_a_second_archives_report_of_the_same_study_opens_on_its_own(page, demo):
     timeline(page, demo, "pat-ben")
+    # Ben's launch is an emergency encounter, so the page opens on the last 72 h: show everything.
+    preset = page.locator('#f-range button[aria-pressed="true"]')
+    if preset.count():
+        preset.click()
     controls = row(page, "ben-osh-ct-chest").locator('[data-action="open-report"]')
     assert controls.count() == 2
     second = controls.nth(1)

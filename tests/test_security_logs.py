@@ -21,7 +21,7 @@ def test_hostile_dicom_values_are_not_quoted_into_the_log(httpserver, jane, capl
         study_json("1.2", **{"00100030": {"vr": "DA", "Value": [HOSTILE_BIRTH]}}),
     ])
     httpserver.expect_request("/dicom-web/studies/1.1/series").respond_with_json([])
-    result, status = search(pacs(httpserver.url_for("/dicom-web")), jane)
+    result, _ = search(pacs(httpserver.url_for("/dicom-web")), jane)
     for value in ("onerror", "1970-13-45", "SECRET-DESCRIPTION"):
         assert value not in caplog.text
     assert not [r for r in caplog.records if r.name.startswith("pydicom")]
