@@ -11,7 +11,7 @@ from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, request, stream_with_context, url_for
 
-from . import priors
+from . import audit, priors
 from .archives.base import ArchiveClient, LinkedOrder, LinkedReport, raise_for_status
 from .archives.config import ArchiveConfig, ViewerConfig, discover_archives
 from .errors import AppError, ArchiveError, FhirNotFound, LaunchError
@@ -192,6 +192,8 @@ def studies() -> Response:
     result = federation().search(session.patient, session.context, session, session_id=session.id,
                                  extra_archives=tuple(a for a in archives.values() if a.source == "discovered"))
     _remember_shown(session, result.studies)
+    audit.record_listing(session, ((a.id, a.status, [s.uid for s in result.studies if a.id in s.sources])
+                                   for a in result.archives))
     current = priors.current_study(result.studies, session.context)
     return jsonify({
         "patient": session.patient.to_json(),
@@ -268,6 +270,7 @@ def stream() -> Response:
                     current_uid = current.uid
                 if found:
                     _remember_shown(session, found)
+                audit.record_listing(session, [(status.id, status.status, [s.uid for s in found])])
                 # One write per archive: two small writes in a row meet Nagle's algorithm and the
                 # browser's delayed ACK, which held the second event back by 40-200 ms.
                 chunk = _event("archive", status.to_json())
@@ -311,9 +314,12 @@ def thumbnail(archive_id: str, uid: str) -> Response:
         raise_for_status(answer)
     except ArchiveError as exc:
         log.info("thumbnail from %s failed: %s", archive_id, exc.code)
+        audit.record("thumbnail", session, studies=[uid], archive=archive_id, outcome="minor-failure")
         return Response(status=404, headers={"Cache-Control": "private, max-age=60"})
     if answer.content_type not in {"image/jpeg", "image/png", "image/gif"} or not answer.body:
+        audit.record("thumbnail", session, studies=[uid], archive=archive_id, outcome="minor-failure")
         return Response(status=404, headers={"Cache-Control": "private, max-age=60"})
+    audit.record("thumbnail", session, studies=[uid], archive=archive_id)
     resp = Response(answer.body, mimetype=answer.content_type)
     resp.headers["Cache-Control"] = "private, max-age=86400, immutable"
     return resp
@@ -333,12 +339,18 @@ def record_access() -> Response:
     uid, archive_id = data["uid"][:128], data["archive"][:64]
     if not _was_shown(session, uid, archive_id):
         raise FhirNotFound("No such study in this patient's timeline.")
+    # A compare opens two studies: both are recorded, each only if this timeline showed it.
+    compare = data.get("compare_uid")
+    opened = [uid, *([compare[:128]] if isinstance(compare, str) and _was_shown(session, compare[:128], archive_id)
+                     else [])]
+    audit.record("open-viewer", session, studies=opened, archive=archive_id)
     entry = {
         "time": datetime.now(UTC).isoformat(timespec="seconds"),
         "user": session.context.fhir_user, "patient": session.patient.id, "study": uid, "archive": archive_id,
         "viewer": str(data.get("kind") or "")[:16], "iss": session.iss,
     }
-    access_log.info("viewer opened: %s", json.dumps(entry))
+    # The general log gets no PHI (the audit store has the event); the legacy file keeps its lines.
+    access_log.info("viewer opened (%d studies)", len(opened))
     path = current_app.config.get("ACCESS_LOG_FILE")
     if path:
         with open(path, "a", encoding="utf-8") as fh:

@@ -19,6 +19,11 @@ def main(argv: list[str] | None = None) -> int:
     serve = sub.add_parser("serve", help="run the app alone (development server; use a WSGI server in production)")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
+    audit = sub.add_parser("audit", help="who looked at a patient's images (reads IMAGING_AUDIT_STORE)")
+    audit.add_argument("--patient", required=True, help="the patient's FHIR id in the launching EHR")
+    audit.add_argument("--since", help="only events at or after this ISO-8601 date or date-time")
+    audit.add_argument("--format", choices=("table", "json", "fhir"), default="table",
+                       help="table (default), json (one object per line) or fhir (one AuditEvent per line)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # The development server logs every request line, query strings included (patient ids,
@@ -29,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
             from sandbox.demo import run_demo
 
             run_demo(args.port, extra_archives=args.extra_archives)
+        elif args.command == "audit":
+            return _audit(args)
         else:
             from . import create_app
 
@@ -36,6 +43,18 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         sys.stderr.write(f"imaging-timeline: {exc.message}\n")
         return 2
+    return 0
+
+
+def _audit(args: argparse.Namespace) -> int:
+    import os
+
+    from .audit_report import default_instance_path, parse_since, render
+    from .audit_store import open_audit_store
+
+    since = parse_since(args.since)
+    store = open_audit_store(os.environ.get("IMAGING_AUDIT_STORE") or None, default_instance_path())
+    sys.stdout.write(render(store.query(args.patient, since), args.format))
     return 0
 
 

@@ -33,6 +33,11 @@ ENV_KEYS = {
     "IMAGING_TIMELINE_KEY_FILE": "PRIVATE_KEY_FILE",  # PEM for private_key_jwt; else generated
     "IMAGING_ACCESS_LOG": "ACCESS_LOG_FILE",  # where viewer openings are recorded
     "IMAGING_SESSION_KEY_FILE": "SESSION_KEY_FILE",  # Fernet key encrypting session records at rest
+    "IMAGING_AUDIT_STORE": "AUDIT_STORE",  # sqlite:///path (default: the instance folder) or postgresql://...
+    "IMAGING_AUDIT_STDOUT": "AUDIT_STDOUT",  # 1: also write each audit event as a JSON line on stdout
+    "IMAGING_AUDIT_FHIR_URL": "AUDIT_FHIR_URL",  # FHIR base to forward AuditEvents to (durable outbox)
+    "IMAGING_AUDIT_FHIR_CLIENT_ID": "AUDIT_FHIR_CLIENT_ID",  # SMART backend client id for that server
+    "IMAGING_AUDIT_FHIR_TOKEN_URL": "AUDIT_FHIR_TOKEN_URL",  # its token endpoint (else discovered)
 }
 
 DEFAULTS: dict[str, Any] = {
@@ -53,6 +58,11 @@ DEFAULTS: dict[str, Any] = {
     "FEDERATION_DEADLINE_S": 30.0,
     "PREFETCH_SEARCH": True,  # start the archive searches when /timeline is served
     "FRAME_ANCESTORS": None,  # extra CSP frame-ancestors origins beyond the allow-listed issuers
+    "AUDIT_STORE": None,  # None: audit.sqlite3 in the instance folder; or a store object (tests)
+    "AUDIT_STDOUT": None,
+    "AUDIT_FHIR_URL": None,
+    "AUDIT_FHIR_CLIENT_ID": None,
+    "AUDIT_FHIR_TOKEN_URL": None,
 }
 
 

@@ -60,6 +60,9 @@ def build_demo(base_url: str, *, extra_archives: str | None = None,
         "LAUNCH_CONFIG": app_registration(base_url, sandbox_url),
         "ARCHIVES": archives,
         "BACKEND_CLIENT_ID": BACKEND_CLIENT_ID,
+        # The sandbox EHR is also the audit repository: the demo forwards every AuditEvent to it.
+        "AUDIT_FHIR_URL": f"{sandbox_url}/fhir",
+        "AUDIT_FHIR_CLIENT_ID": BACKEND_CLIENT_ID,
         **(app_options or {}),
     })
     jwks_uri = f"{base_url}/.well-known/jwks.json"
