@@ -12,6 +12,7 @@ import json
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -58,6 +59,10 @@ class AuditStore(Protocol):
 
     def outbox_size(self) -> int: ...
 
+    def first_use(self, key: str, until: float) -> bool:
+        """True the first time `key` is noted (kept until `until`, epoch seconds): single-use JWT ids."""
+        ...
+
 
 class SQLiteAuditStore:
     """One SQLite file in WAL mode, shared by the server's worker processes.
@@ -72,6 +77,7 @@ class SQLiteAuditStore:
         "CREATE INDEX IF NOT EXISTS audit_event_patient ON audit_event (patient, recorded)",
         "CREATE TABLE IF NOT EXISTS audit_outbox (event_id INTEGER PRIMARY KEY, attempts INTEGER NOT NULL "
         "DEFAULT 0, due REAL NOT NULL)",
+        "CREATE TABLE IF NOT EXISTS used_once (k TEXT PRIMARY KEY, until REAL NOT NULL)",
     )
 
     def __init__(self, path: str | Path) -> None:
@@ -148,6 +154,13 @@ class SQLiteAuditStore:
         with self._lock:
             return int(self._connection().execute("SELECT count(*) FROM audit_outbox").fetchone()[0])
 
+    def first_use(self, key: str, until: float) -> bool:
+        with self._lock:
+            db = self._connection()
+            db.execute("DELETE FROM used_once WHERE until < ?", (time.time(),))
+            # The primary key makes the insert the atomic test: one of two racing workers wins.
+            return db.execute("INSERT OR IGNORE INTO used_once (k, until) VALUES (?, ?)", (key, until)).rowcount == 1
+
 
 class PostgresAuditStore:
     """PostgreSQL (psycopg 3) for several machines: one connection per process, autocommit per statement."""
@@ -158,6 +171,7 @@ class PostgresAuditStore:
         "CREATE INDEX IF NOT EXISTS audit_event_patient ON audit_event (patient, recorded)",
         "CREATE TABLE IF NOT EXISTS audit_outbox (event_id BIGINT PRIMARY KEY REFERENCES audit_event (id), "
         "attempts INTEGER NOT NULL DEFAULT 0, due DOUBLE PRECISION NOT NULL)",
+        "CREATE TABLE IF NOT EXISTS used_once (k TEXT PRIMARY KEY, until DOUBLE PRECISION NOT NULL)",
     )
 
     def __init__(self, url: str, connect_timeout_s: int = 10) -> None:
@@ -231,6 +245,14 @@ class PostgresAuditStore:
     def outbox_size(self) -> int:
         with self._lock:
             return int(self._connection().execute("SELECT count(*) FROM audit_outbox").fetchone()[0])
+
+    def first_use(self, key: str, until: float) -> bool:
+        with self._lock:
+            db = self._connection()
+            db.execute("DELETE FROM used_once WHERE until < %s", (time.time(),))
+            cur = db.execute("INSERT INTO used_once (k, until) VALUES (%s, %s) ON CONFLICT (k) DO NOTHING",
+                             (key, until))
+            return cur.rowcount == 1
 
 
 def _redacted(url: str) -> str:

@@ -186,8 +186,35 @@ class ResponseTooLarge(AppError):
     code = "response-too-large"
 
 
+# --- CDS Hooks ----------------------------------------------------------------------------------
+
+
+class CdsAuthError(AppError):
+    """A CDS client's JWT is missing, unsigned by an allow-listed key, expired, replayed or for another service."""
+
+    status = 401
+    title = "CDS client not authenticated"
+    code = "cds-unauthenticated"
+
+
+class CdsForbidden(AppError):
+    """The CDS request asks about a patient or FHIR server its credentials do not cover."""
+
+    status = 403
+    title = "Not allowed for this patient"
+    code = "cds-forbidden"
+
+
+class CdsRequestError(AppError):
+    """The CDS Hooks request body is malformed (CDS Hooks 2.0 §"HTTP Request")."""
+
+    status = 400
+    title = "Malformed CDS Hooks request"
+    code = "cds-bad-request"
+
+
 def _wants_json() -> bool:
-    if request.path.startswith("/api/") or request.path == "/health":
+    if request.path.startswith(("/api/", "/cds-services")) or request.path == "/health":
         return True
     best = request.accept_mimetypes.best_match(["text/html", "application/json"])
     return best == "application/json"

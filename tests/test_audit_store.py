@@ -139,3 +139,22 @@ def test_unreachable_postgresql_says_so_without_the_password():
 def test_an_event_refuses_unknown_values(fields, message):
     with pytest.raises(ValueError, match=message):
         event(**fields)
+
+
+def test_a_key_is_used_once_only(store):
+    assert store.first_use("cds-jti:ehr:abc", until=4_000_000_000.0) is True
+    assert store.first_use("cds-jti:ehr:abc", until=4_000_000_000.0) is False
+    assert store.first_use("cds-jti:ehr:other", until=4_000_000_000.0) is True
+
+
+def test_a_used_key_is_forgotten_after_it_expires(store):
+    assert store.first_use("k", until=1.0) is True  # long expired: pruned at the next use
+    assert store.first_use("k", until=4_000_000_000.0) is True
+
+
+def test_racing_first_uses_have_exactly_one_winner(store, tmp_path):
+    other = (SQLiteAuditStore(tmp_path / "audit.db") if isinstance(store, SQLiteAuditStore)
+             else PostgresAuditStore(store.url))
+    with ThreadPoolExecutor(8) as pool:
+        wins = list(pool.map(lambda s: s.first_use("jti-1", 4_000_000_000.0), [store, other] * 8))
+    assert wins.count(True) == 1
