@@ -43,6 +43,12 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     federation.init_app(app)
     api.init_app(app)
 
+    from . import admin, cds_hooks, metrics
+
+    metrics.init_app(app)
+    cds_hooks.init_app(app)
+    admin.init_app(app)
+
     @app.get("/health")
     def health() -> Response:
         return jsonify({"status": "ok"})

@@ -11,7 +11,7 @@ from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, request, stream_with_context, url_for
 
-from . import audit, priors
+from . import audit, metrics, priors
 from .archives.base import ArchiveClient, LinkedOrder, LinkedReport, raise_for_status
 from .archives.config import ArchiveConfig, ViewerConfig, discover_archives
 from .errors import AppError, ArchiveError, FhirNotFound, LaunchError
@@ -194,6 +194,8 @@ def studies() -> Response:
     _remember_shown(session, result.studies)
     audit.record_listing(session, ((a.id, a.status, [s.uid for s in result.studies if a.id in s.sources])
                                    for a in result.archives))
+    for status in result.archives:
+        metrics.observe_archive(status.id, status.status, (status.ms or 0) / 1000)
     current = priors.current_study(result.studies, session.context)
     return jsonify({
         "patient": session.patient.to_json(),
@@ -271,6 +273,7 @@ def stream() -> Response:
                 if found:
                     _remember_shown(session, found)
                 audit.record_listing(session, [(status.id, status.status, [s.uid for s in found])])
+                metrics.observe_archive(status.id, status.status, (status.ms or 0) / 1000)
                 # One write per archive: two small writes in a row meet Nagle's algorithm and the
                 # browser's delayed ACK, which held the second event back by 40-200 ms.
                 chunk = _event("archive", status.to_json())

@@ -1,5 +1,8 @@
 """Where audit events are kept: SQLite (WAL, the embedded default) or PostgreSQL, each with a forwarding outbox.
 
+The same database holds the single-use CDS JWT ids and the time-to-image samples the operations
+page plots: data every worker and machine must share, none of it PHI.
+
 `append` commits before it returns (SQLite `synchronous=FULL`, PostgreSQL autocommit), so an
 event the clinician's browser has seen an answer for survives the worker being killed. The
 outbox row is written in the same transaction as the event: forwarding to a FHIR AuditEvent
@@ -38,6 +41,17 @@ class Pending:
     attempts: int
 
 
+@dataclass(frozen=True)
+class Sample:
+    """One time-to-image measurement: what (kind), where (archive), how it went (status), how long, when."""
+
+    kind: str  # first-study | complete | archive | archive-browser | launch | order-warning | order-followed
+    seconds: float
+    at: float  # epoch seconds
+    archive: str = ""
+    status: str = ""
+
+
 class AuditStore(Protocol):
     """Append-only event storage with a per-patient query and a forwarding outbox."""
 
@@ -63,6 +77,12 @@ class AuditStore(Protocol):
         """True the first time `key` is noted (kept until `until`, epoch seconds): single-use JWT ids."""
         ...
 
+    def add_samples(self, samples: Sequence[Sample]) -> None:
+        """Time-to-image measurements for the operations page (no patient, no user: operations data)."""
+        ...
+
+    def samples(self, since: float) -> list[Sample]: ...
+
 
 class SQLiteAuditStore:
     """One SQLite file in WAL mode, shared by the server's worker processes.
@@ -78,6 +98,9 @@ class SQLiteAuditStore:
         "CREATE TABLE IF NOT EXISTS audit_outbox (event_id INTEGER PRIMARY KEY, attempts INTEGER NOT NULL "
         "DEFAULT 0, due REAL NOT NULL)",
         "CREATE TABLE IF NOT EXISTS used_once (k TEXT PRIMARY KEY, until REAL NOT NULL)",
+        "CREATE TABLE IF NOT EXISTS timing (at REAL NOT NULL, kind TEXT NOT NULL, archive TEXT NOT NULL, "
+        "status TEXT NOT NULL, seconds REAL NOT NULL)",
+        "CREATE INDEX IF NOT EXISTS timing_at ON timing (at)",
     )
 
     def __init__(self, path: str | Path) -> None:
@@ -161,6 +184,18 @@ class SQLiteAuditStore:
             # The primary key makes the insert the atomic test: one of two racing workers wins.
             return db.execute("INSERT OR IGNORE INTO used_once (k, until) VALUES (?, ?)", (key, until)).rowcount == 1
 
+    def add_samples(self, samples: Sequence[Sample]) -> None:
+        with self._lock:
+            self._connection().executemany("INSERT INTO timing (at, kind, archive, status, seconds) VALUES "
+                                           "(?, ?, ?, ?, ?)",
+                                           [(x.at, x.kind, x.archive, x.status, x.seconds) for x in samples])
+
+    def samples(self, since: float) -> list[Sample]:
+        with self._lock:
+            rows = self._connection().execute("SELECT kind, seconds, at, archive, status FROM timing WHERE at >= ? "
+                                              "ORDER BY at", (since,)).fetchall()
+        return [Sample(*row) for row in rows]
+
 
 class PostgresAuditStore:
     """PostgreSQL (psycopg 3) for several machines: one connection per process, autocommit per statement."""
@@ -172,6 +207,9 @@ class PostgresAuditStore:
         "CREATE TABLE IF NOT EXISTS audit_outbox (event_id BIGINT PRIMARY KEY REFERENCES audit_event (id), "
         "attempts INTEGER NOT NULL DEFAULT 0, due DOUBLE PRECISION NOT NULL)",
         "CREATE TABLE IF NOT EXISTS used_once (k TEXT PRIMARY KEY, until DOUBLE PRECISION NOT NULL)",
+        "CREATE TABLE IF NOT EXISTS timing (at DOUBLE PRECISION NOT NULL, kind TEXT NOT NULL, archive TEXT NOT NULL, "
+        "status TEXT NOT NULL, seconds DOUBLE PRECISION NOT NULL)",
+        "CREATE INDEX IF NOT EXISTS timing_at ON timing (at)",
     )
 
     def __init__(self, url: str, connect_timeout_s: int = 10) -> None:
@@ -253,6 +291,18 @@ class PostgresAuditStore:
             cur = db.execute("INSERT INTO used_once (k, until) VALUES (%s, %s) ON CONFLICT (k) DO NOTHING",
                              (key, until))
             return cur.rowcount == 1
+
+    def add_samples(self, samples: Sequence[Sample]) -> None:
+        with self._lock:
+            self._connection().cursor().executemany(
+                "INSERT INTO timing (at, kind, archive, status, seconds) VALUES (%s, %s, %s, %s, %s)",
+                [(x.at, x.kind, x.archive, x.status, x.seconds) for x in samples])
+
+    def samples(self, since: float) -> list[Sample]:
+        with self._lock:
+            rows = self._connection().execute("SELECT kind, seconds, at, archive, status FROM timing WHERE at >= %s "
+                                              "ORDER BY at", (since,)).fetchall()
+        return [Sample(*row) for row in rows]
 
 
 def _redacted(url: str) -> str:

@@ -38,6 +38,9 @@ ENV_KEYS = {
     "IMAGING_AUDIT_FHIR_URL": "AUDIT_FHIR_URL",  # FHIR base to forward AuditEvents to (durable outbox)
     "IMAGING_AUDIT_FHIR_CLIENT_ID": "AUDIT_FHIR_CLIENT_ID",  # SMART backend client id for that server
     "IMAGING_AUDIT_FHIR_TOKEN_URL": "AUDIT_FHIR_TOKEN_URL",  # its token endpoint (else discovered)
+    "IMAGING_CDS_CLIENTS": "CDS_CLIENTS",  # path of the JSON list of allow-listed CDS clients (cds_auth.py)
+    "IMAGING_CDS_DEADLINE_S": "CDS_DEADLINE_S",  # answer CDS hooks within this many seconds (default 1.5)
+    "IMAGING_CDS_LOCAL_ARCHIVES": "CDS_LOCAL_ARCHIVES",  # comma-separated archive ids that are not "outside"
 }
 
 DEFAULTS: dict[str, Any] = {
@@ -63,6 +66,11 @@ DEFAULTS: dict[str, Any] = {
     "AUDIT_FHIR_URL": None,
     "AUDIT_FHIR_CLIENT_ID": None,
     "AUDIT_FHIR_TOKEN_URL": None,
+    "CDS_CLIENTS": None,  # a path, or the list of clients given directly (the demo)
+    "CDS_DEADLINE_S": 1.5,
+    "CDS_REPEAT_WINDOW_DAYS": 30,
+    "CDS_LOCAL_ARCHIVES": None,
+    "METRICS_TOKEN": None,  # tests only; deployments set IMAGING_METRICS_TOKEN in the environment
 }
 
 
