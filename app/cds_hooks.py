@@ -240,6 +240,9 @@ def _within_deadline(cds: CdsServices, fed: Federation, patient: PatientSummary,
 
     for o in outcomes:
         metrics.observe_archive(o.status.id, o.status.status, (o.status.ms or 0) / 1000)
+    # Merge in configuration order (the EHR's fields first), whatever the arrival order, as search() does.
+    rank = {a.id: n for n, a in enumerate(fed.archives)}
+    outcomes.sort(key=lambda o: rank.get(o.status.id, len(rank)))
     studies = merge_studies(s for o in outcomes for s in o.studies)
     return studies, unanswered, outcomes
 

@@ -80,6 +80,7 @@ class SandboxConfig:
     page_size: int = 50
     max_page_size: int = 200
     jwks_timeout_s: float = 5.0
+    cds_services_url: str | None = None  # the app's CDS Hooks base (…/cds-services): the chart calls it
 
     def __post_init__(self) -> None:
         for key, fault in self.faults.items():

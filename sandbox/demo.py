@@ -63,6 +63,10 @@ def build_demo(base_url: str, *, extra_archives: str | None = None,
         # The sandbox EHR is also the audit repository: the demo forwards every AuditEvent to it.
         "AUDIT_FHIR_URL": f"{sandbox_url}/fhir",
         "AUDIT_FHIR_CLIENT_ID": BACKEND_CLIENT_ID,
+        # The sandbox EHR calls the app's CDS services, signing with the keys of its own JWKS.
+        "CDS_CLIENTS": [{"iss": sandbox_url, "jwks_url": f"{sandbox_url}/auth/jwks",
+                         "fhir_servers": [f"{sandbox_url}/fhir"]}],
+        "CDS_LOCAL_ARCHIVES": ("ehr", "pacs"),  # the sandbox hospital's own; "outside" is another facility
         **(app_options or {}),
     })
     jwks_uri = f"{base_url}/.well-known/jwks.json"
@@ -76,6 +80,7 @@ def build_demo(base_url: str, *, extra_archives: str | None = None,
                           token_endpoint_auth_method="private_key_jwt", jwks_uri=jwks_uri,
                           grant_types=("client_credentials",)),
         ),
+        cds_services_url=f"{base_url}/cds-services",
         **(sandbox_options or {}),
     ))
     return app, sandbox
