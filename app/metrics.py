@@ -227,8 +227,13 @@ def timings() -> Response:
 
 
 def init_app(app: Flask) -> None:
+    """Set up the metrics (after federation.init_app: every configured archive's series exists from the start)."""
     multiproc_dir(app.instance_path)
-    _the_metrics()
+    m = _the_metrics()
+    fed = app.extensions.get("federation")
+    for archive in fed.archives if fed is not None else ():
+        for status in ("ok", "timeout", "error"):
+            m.archive.labels(archive=archive.id, status=status)
 
     @app.before_request
     def _start() -> None:

@@ -92,8 +92,10 @@ def running_gunicorn(root: Path, env: Mapping[str, str] | None = None, workers: 
         (root / "app-key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM,
                                                              serialization.PrivateFormat.PKCS8,
                                                              serialization.NoEncryption()))
+        # The test process's own metrics folder is not the server's: the app makes one per gunicorn master.
+        inherited = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
         full_env = {
-            **os.environ,
+            **inherited,
             "IMAGING_LAUNCH_CONFIG": str(root / "launch.json"), "IMAGING_ARCHIVES": str(root / "archives.toml"),
             "IMAGING_SESSION_STORE": f"sqlite:///{root / 'sessions.db'}",
             "IMAGING_SESSION_KEY_FILE": str(root / "session.key"),
