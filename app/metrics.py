@@ -60,7 +60,12 @@ class _Metrics:
     """The metric objects (created once per process, after PROMETHEUS_MULTIPROC_DIR is set)."""
 
     def __init__(self) -> None:
-        from prometheus_client import Counter, Histogram
+        from prometheus_client import Counter, Histogram, values
+
+        # prometheus_client picks its value class when it is first imported; if anything imported it
+        # before PROMETHEUS_MULTIPROC_DIR was set, pick again, so these metrics are written to the
+        # shared files (metric objects read `values.ValueClass` when they are created).
+        values.ValueClass = values.get_value_class()
 
         self.first_study = Histogram("imaging_timeline_time_to_first_study_seconds",
                                      "From the launch click until the first study was on screen (browser clock).",
@@ -100,7 +105,7 @@ def multiproc_dir(instance_path: str) -> Path:
         return Path(given)
     root = Path(instance_path) / "metrics"
     under_gunicorn = "gunicorn.arbiter" in sys.modules
-    owner = os.getppid() if under_gunicorn else os.getpid()
+    owner = _gunicorn_master() if under_gunicorn else os.getpid()
     path = root / f"{'gunicorn' if under_gunicorn else 'pid'}-{owner}"
     if not under_gunicorn and path.exists():
         shutil.rmtree(path, ignore_errors=True)  # a recycled pid's leftovers: this process owns the name now
@@ -108,6 +113,16 @@ def multiproc_dir(instance_path: str) -> Path:
     _prune(root, keep=path)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path)
     return path
+
+
+def _gunicorn_master() -> int:
+    """The gunicorn master's pid: our parent in a worker, ourselves when the app is preloaded in the master."""
+    parent = os.getppid()
+    try:
+        command = Path(f"/proc/{parent}/cmdline").read_bytes()
+    except OSError:
+        return parent
+    return parent if b"gunicorn" in command else os.getpid()
 
 
 def _prune(root: Path, keep: Path) -> None:

@@ -69,7 +69,8 @@ class Gunicorn:
 
 
 @contextmanager
-def running_gunicorn(root: Path, env: Mapping[str, str] | None = None, workers: int = 2) -> Iterator[Gunicorn]:
+def running_gunicorn(root: Path, env: Mapping[str, str] | None = None, workers: int = 2,
+                     threads: int = 4) -> Iterator[Gunicorn]:
     port = free_port()
     app_url = f"http://127.0.0.1:{port}"
     with background_server() as server:
@@ -103,7 +104,7 @@ def running_gunicorn(root: Path, env: Mapping[str, str] | None = None, workers: 
             **(env or {}),
         }
         log = open(root / "gunicorn.log", "wb")  # closed below, after the process
-        proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "--workers", str(workers), "--threads", "4",
+        proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "--workers", str(workers), "--threads", str(threads),
                                  "--bind", f"127.0.0.1:{port}", "--graceful-timeout", "5", "app:create_app()"],
                                 env=full_env, stdout=log, stderr=subprocess.STDOUT)
         try:

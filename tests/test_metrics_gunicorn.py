@@ -29,7 +29,9 @@ def first_study_observations(path: Path) -> float:
 
 
 def test_metrics_add_up_across_gunicorn_workers(tmp_path):
-    with running_gunicorn(tmp_path, {"IMAGING_AUDIT_STORE": f"sqlite:///{tmp_path / 'audit.db'}"}) as server:
+    # One thread per worker: a busy worker accepts no connection, so concurrent beacons reach both.
+    with running_gunicorn(tmp_path, {"IMAGING_AUDIT_STORE": f"sqlite:///{tmp_path / 'audit.db'}"},
+                          threads=1) as server:
         browser = server.launch("pat-amy")
 
         def beacon(n: int) -> int:
