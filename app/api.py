@@ -194,8 +194,7 @@ def studies() -> Response:
     _remember_shown(session, result.studies)
     audit.record_listing(session, ((a.id, a.status, [s.uid for s in result.studies if a.id in s.sources])
                                    for a in result.archives))
-    for status in result.archives:
-        metrics.observe_archive(status.id, status.status, (status.ms or 0) / 1000)
+    metrics.observe_archives((a.id, a.status, (a.ms or 0) / 1000) for a in result.archives)
     current = priors.current_study(result.studies, session.context)
     return jsonify({
         "patient": session.patient.to_json(),

@@ -105,22 +105,32 @@ class SQLiteAuditStore:
 
     def __init__(self, path: str | Path) -> None:
         self.path = str(path)
-        self._lock = threading.Lock()
-        self._pid = -1
+        self._lock, self._ops_lock = threading.Lock(), threading.Lock()
+        self._pid = self._ops_pid = -1
         self._db: sqlite3.Connection | None = None
+        self._ops: sqlite3.Connection | None = None
         self._connection()
+
+    def _open(self, synchronous: str) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute(f"PRAGMA synchronous={synchronous}")
+        for statement in self.SCHEMA:
+            db.execute(statement)
+        return db
 
     def _connection(self) -> sqlite3.Connection:
         if self._db is None or self._pid != os.getpid():
-            db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
-            db.execute("PRAGMA journal_mode=WAL")
             # FULL: the WAL is fsynced at every commit, so a committed event survives a power cut too,
             # not only a killed process (NORMAL would only survive the latter).
-            db.execute("PRAGMA synchronous=FULL")
-            for statement in self.SCHEMA:
-                db.execute(statement)
-            self._db, self._pid = db, os.getpid()
+            self._db, self._pid = self._open("FULL"), os.getpid()
         return self._db
+
+    def _ops_connection(self) -> sqlite3.Connection:
+        """For jti notes and timing samples: NORMAL (no fsync per commit; still safe when a process dies)."""
+        if self._ops is None or self._ops_pid != os.getpid():
+            self._ops, self._ops_pid = self._open("NORMAL"), os.getpid()
+        return self._ops
 
     def append(self, events: Sequence[AuditEvent], *, forward: bool = False) -> None:
         if not events:
@@ -178,22 +188,22 @@ class SQLiteAuditStore:
             return int(self._connection().execute("SELECT count(*) FROM audit_outbox").fetchone()[0])
 
     def first_use(self, key: str, until: float) -> bool:
-        with self._lock:
-            db = self._connection()
+        with self._ops_lock:
+            db = self._ops_connection()
             db.execute("DELETE FROM used_once WHERE until < ?", (time.time(),))
             # The primary key makes the insert the atomic test: one of two racing workers wins.
             return db.execute("INSERT OR IGNORE INTO used_once (k, until) VALUES (?, ?)", (key, until)).rowcount == 1
 
     def add_samples(self, samples: Sequence[Sample]) -> None:
-        with self._lock:
-            self._connection().executemany("INSERT INTO timing (at, kind, archive, status, seconds) VALUES "
+        with self._ops_lock:
+            self._ops_connection().executemany("INSERT INTO timing (at, kind, archive, status, seconds) VALUES "
                                            "(?, ?, ?, ?, ?)",
                                            [(x.at, x.kind, x.archive, x.status, x.seconds) for x in samples])
 
     def samples(self, since: float) -> list[Sample]:
-        with self._lock:
-            rows = self._connection().execute("SELECT kind, seconds, at, archive, status FROM timing WHERE at >= ? "
-                                              "ORDER BY at", (since,)).fetchall()
+        with self._ops_lock:
+            rows = self._ops_connection().execute(
+                "SELECT kind, seconds, at, archive, status FROM timing WHERE at >= ? ORDER BY at", (since,)).fetchall()
         return [Sample(*row) for row in rows]
 
 
@@ -214,9 +224,10 @@ class PostgresAuditStore:
 
     def __init__(self, url: str, connect_timeout_s: int = 10) -> None:
         self.url, self.connect_timeout_s = url, connect_timeout_s
-        self._lock = threading.Lock()
-        self._pid = -1
+        self._lock, self._ops_lock = threading.Lock(), threading.Lock()
+        self._pid = self._ops_pid = -1
         self._db: Any = None
+        self._ops: Any = None
         with self._lock:
             db = self._connection()
             with db.transaction():
@@ -225,16 +236,24 @@ class PostgresAuditStore:
                 for statement in self.SCHEMA:
                     db.execute(statement)
 
+    def _open(self, **options: Any) -> Any:
+        try:
+            return psycopg.connect(self.url, autocommit=True, connect_timeout=self.connect_timeout_s, **options)
+        except psycopg.Error as exc:
+            raise ConfigError(f"The audit store {_redacted(self.url)} (IMAGING_AUDIT_STORE) cannot be reached: "
+                              f"{type(exc).__name__}; check that PostgreSQL is running and the URL is right."
+                              ) from exc
+
     def _connection(self) -> Any:
         if self._db is None or self._db.closed or self._pid != os.getpid():
-            try:
-                self._db = psycopg.connect(self.url, autocommit=True, connect_timeout=self.connect_timeout_s)
-            except psycopg.Error as exc:
-                raise ConfigError(f"The audit store {_redacted(self.url)} (IMAGING_AUDIT_STORE) cannot be reached: "
-                                  f"{type(exc).__name__}; check that PostgreSQL is running and the URL is right."
-                                  ) from exc
-            self._pid = os.getpid()
+            self._db, self._pid = self._open(), os.getpid()
         return self._db
+
+    def _ops_connection(self) -> Any:
+        """For jti notes and timing samples: asynchronous commit (no WAL flush wait per statement)."""
+        if self._ops is None or self._ops.closed or self._ops_pid != os.getpid():
+            self._ops, self._ops_pid = self._open(options="-c synchronous_commit=off"), os.getpid()
+        return self._ops
 
     def append(self, events: Sequence[AuditEvent], *, forward: bool = False) -> None:
         if not events:
@@ -285,23 +304,23 @@ class PostgresAuditStore:
             return int(self._connection().execute("SELECT count(*) FROM audit_outbox").fetchone()[0])
 
     def first_use(self, key: str, until: float) -> bool:
-        with self._lock:
-            db = self._connection()
+        with self._ops_lock:
+            db = self._ops_connection()
             db.execute("DELETE FROM used_once WHERE until < %s", (time.time(),))
             cur = db.execute("INSERT INTO used_once (k, until) VALUES (%s, %s) ON CONFLICT (k) DO NOTHING",
                              (key, until))
             return cur.rowcount == 1
 
     def add_samples(self, samples: Sequence[Sample]) -> None:
-        with self._lock:
-            self._connection().cursor().executemany(
+        with self._ops_lock:
+            self._ops_connection().cursor().executemany(
                 "INSERT INTO timing (at, kind, archive, status, seconds) VALUES (%s, %s, %s, %s, %s)",
                 [(x.at, x.kind, x.archive, x.status, x.seconds) for x in samples])
 
     def samples(self, since: float) -> list[Sample]:
-        with self._lock:
-            rows = self._connection().execute("SELECT kind, seconds, at, archive, status FROM timing WHERE at >= %s "
-                                              "ORDER BY at", (since,)).fetchall()
+        with self._ops_lock:
+            rows = self._ops_connection().execute(
+                "SELECT kind, seconds, at, archive, status FROM timing WHERE at >= %s ORDER BY at", (since,)).fetchall()
         return [Sample(*row) for row in rows]
 
 

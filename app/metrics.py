@@ -31,6 +31,7 @@ import shutil
 import sys
 import threading
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -145,10 +146,19 @@ def _samples(samples: list[Sample]) -> None:
 
 def observe_archive(archive: str, status: str, seconds: float) -> None:
     """One archive's answer as the server saw it (status ok / timeout / error; not-linked is not timed)."""
-    if status == "not-linked" or status not in STATUSES:
-        return
-    _the_metrics().archive.labels(archive=archive, status=status).observe(max(0.0, seconds))
-    _samples([Sample("archive", max(0.0, seconds), time.time(), archive, status)])
+    observe_archives([(archive, status, seconds)])
+
+
+def observe_archives(answers: Iterable[tuple[str, str, float]]) -> None:
+    """Several archives' answers (archive id, status, seconds), kept as samples in one write."""
+    samples = []
+    for archive, status, seconds in answers:
+        if status == "not-linked" or status not in STATUSES:
+            continue
+        _the_metrics().archive.labels(archive=archive, status=status).observe(max(0.0, seconds))
+        samples.append(Sample("archive", max(0.0, seconds), time.time(), archive, status))
+    if samples:
+        _samples(samples)
 
 
 def order_warning_shown(hook: str) -> None:
