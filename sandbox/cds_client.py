@@ -172,4 +172,5 @@ def feedback():
         send_feedback(service, card, suggestion, outcome)
     except requests.RequestException as exc:
         log.warning("CDS feedback not delivered: %s", type(exc).__name__)
-    return redirect(url_for("chart.chart", patient=patient, cancelled="1" if outcome == "accepted" else None), 303)
+    return redirect(url_for("chart.cds_panel", patient=patient, cancelled="1" if outcome == "accepted" else None),
+                    303)

@@ -33,16 +33,25 @@ def chart():
     if selected is not None and rt.data.patient(selected) is None:
         return _page_error(404, "No such patient", "That patient is not in this sandbox EHR.")
     standalone = f"{rt.config.app_launch_url}?{urlencode({'iss': fhir_base()})}"
-    draft = (request.args.get("draft") or "").strip()[:120] or None
-    patient_cards = order_cards = None
-    if selected is not None and cds_client.services_url():
-        # As an EHR does: patient-view when the chart opens, order-select when an order is drafted.
-        patient_cards = _cards("patient-view", selected)
-        if draft:
-            order_cards = _cards("order-select", selected, draft)
     return render_template("sandbox/chart.html", patients=rt.data.patients, selected=selected,
-                           standalone_url=standalone, patient_cards=patient_cards, order_cards=order_cards,
-                           draft=draft, cancelled=request.args.get("cancelled") == "1")
+                           standalone_url=standalone, cds_enabled=cds_client.services_url() is not None)
+
+
+@bp.get("/cds/panel")
+def cds_panel():
+    """The chart's decision-support panel (its own frame, so the chart never waits for the CDS service).
+
+    As an EHR does: patient-view when the chart opens, order-select when an order is drafted.
+    """
+    rt = runtime()
+    selected = request.args.get("patient", "")
+    if rt.data.patient(selected) is None:
+        return _page_error(404, "No such patient", "That patient is not in this sandbox EHR.")
+    draft = (request.args.get("draft") or "").strip()[:120] or None
+    patient_cards = _cards("patient-view", selected)
+    order_cards = _cards("order-select", selected, draft) if draft else None
+    return render_template("sandbox/cds_panel.html", selected=selected, patient_cards=patient_cards,
+                           order_cards=order_cards, draft=draft, cancelled=request.args.get("cancelled") == "1")
 
 
 def _cards(hook: str, patient_id: str, code: str | None = None) -> dict:

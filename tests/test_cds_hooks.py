@@ -321,15 +321,28 @@ def test_a_slow_archive_gives_a_partial_answer_naming_it(demo):
 # --- the sandbox chart -----------------------------------------------------------------------------
 
 
-def test_the_chart_shows_patient_view_cards_when_a_patient_is_opened(demo):
-    page = requests.get(f"{demo.base_url}/sandbox/", params={"patient": "pat-amy"}, timeout=30).text
-    assert 'class="box cds-card"' in page
-    assert "1 outside study at 1 facility" in page
-    assert 'id="draft-order"' in page
+def test_the_chart_opens_its_decision_support_panel_with_the_patient(demo):
+    chart = requests.get(f"{demo.base_url}/sandbox/", params={"patient": "pat-amy"}, timeout=30).text
+    assert 'src="/sandbox/cds/panel?patient=pat-amy"' in chart
+    panel = requests.get(f"{demo.base_url}/sandbox/cds/panel", params={"patient": "pat-amy"}, timeout=30).text
+    assert 'class="box cds-card"' in panel
+    assert "1 outside study at 1 facility" in panel
+    assert 'id="draft-order"' in panel
+
+
+def test_the_panel_says_so_when_there_is_no_imaging_news(demo):
+    panel = requests.get(f"{demo.base_url}/sandbox/cds/panel", params={"patient": "pat-carla"}, timeout=30).text
+    assert 'id="cds-none"' in panel and "cds-card" not in panel
+
+
+def test_the_panel_refuses_an_unknown_patient(demo):
+    assert requests.get(f"{demo.base_url}/sandbox/cds/panel", params={"patient": "nobody"}, timeout=30
+                        ).status_code == 404
 
 
 def test_the_chart_draft_order_form_shows_the_warning_and_cancelling_counts_as_followed(demo):
-    page = requests.get(f"{demo.base_url}/sandbox/", params={"patient": "pat-ben", "draft": "CT head"}, timeout=30)
+    page = requests.get(f"{demo.base_url}/sandbox/cds/panel", params={"patient": "pat-ben", "draft": "CT head"},
+                        timeout=30)
     assert "view before repeating" in page.text
     from html.parser import HTMLParser
 

@@ -141,7 +141,8 @@ def test_the_operations_page_plots_and_tabulates_the_runs_just_made(demo):
 def test_the_operations_page_counts_warnings_and_how_often_they_were_followed(demo):
     before = requests.get(f"{demo.base_url}/admin/time-to-image", timeout=10).text
     warnings = int(re.search(r'data-count="warnings">(\d+)<', before).group(1))
-    page = requests.get(f"{demo.base_url}/sandbox/", params={"patient": "pat-ben", "draft": "CT head"}, timeout=30)
+    page = requests.get(f"{demo.base_url}/sandbox/cds/panel", params={"patient": "pat-ben", "draft": "CT head"},
+                        timeout=30)
     start = page.text.index('class="cds-suggestion"')
     form = page.text[start:page.text.index("</form>", start)]
     fields = dict(re.findall(r'name="([a-z]+)" value="([^"]*)"', form))
