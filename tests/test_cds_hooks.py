@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import socket
 import time
@@ -245,8 +246,6 @@ def test_calls_without_a_valid_client_jwt_are_refused(demo, make, message):
     resp = post(demo, order_body(demo), make(service_url(demo)))
     assert resp.status_code == 401
     assert resp.json()["error"] == "cds-unauthenticated"
-    import re
-
     assert re.search(message, resp.json()["message"]), resp.json()["message"]
 
 
@@ -368,3 +367,36 @@ def test_the_chart_draft_order_form_shows_the_warning_and_cancelling_counts_as_f
         return float(line.rsplit(" ", 1)[1]) if line else 0.0
 
     assert followed(after) == followed(before) + 1
+
+
+# --- in a real browser: the chart, its decision-support frame, and the card's link -------------------
+
+
+@pytest.mark.browser
+def test_a_warning_card_link_opens_the_timeline_on_that_study(demo, browser):
+    from tests.conftest import CHROMIUM, need
+
+    need("Chromium", CHROMIUM.exists(), "apt-get install chromium")
+    context = browser.new_context(viewport={"width": 1500, "height": 1000})
+    page = context.new_page()
+    try:
+        page.goto(f"{demo.chart_url}?patient=pat-ben")
+        panel = page.frame_locator("#cds-panel")
+        panel.locator("#draft-code").fill("CT head")
+        panel.locator("#draft-order button").click()
+        card = panel.locator('.cds-card[data-indicator="warning"]')
+        card.wait_for(timeout=20_000)
+        assert "view before repeating" in card.locator(".cds-summary").text_content()
+        link = card.locator("a.cds-link")
+        assert "fhir_context=ImagingStudy" in link.get_attribute("href")
+        with page.expect_response(re.compile(r"/timeline$"), timeout=20_000):
+            link.click()
+        app = page.frame_locator("#app-frame")
+        # The launch carried the study as fhirContext (the card's appContext), and the page shows it as current.
+        app.locator("#study-list").wait_for(state="attached", timeout=20_000)
+        assert json.loads(app.locator("#timeline-config").text_content())["fhirContext"] == [BEN_CT_HEAD]
+        current = app.locator("li.is-current[data-study-uid]")
+        current.wait_for(timeout=20_000)
+        assert current.get_attribute("data-study-uid") == study_uid("ben-ct-head-stat")
+    finally:
+        context.close()
