@@ -212,10 +212,17 @@ def main() -> int:
             cds_table,
             "Goal: p99 within the deadline (p99 ÷ deadline ≤ 1.0). Each call verifies the JWT (JWKS cached), "
             "notes its jti in the audit store, searches the three archives and builds the card. The baseline "
-            "column is GET /cds-services (no search) at the same concurrency in the same run.",
+            "column is GET /cds-services (no search) at the same concurrency in the same run. *Client* times "
+            "include the bench's own 20 threads, which share one Python process (one GIL, 2 shared cores) with "
+            "the app and the three sandbox archives; *server* times are the app's WSGI time per call. With an "
+            "archive stalled, the answer comes just before the deadline (the service stops waiting 150 ms early "
+            "to build the answer) and names the archive that did not answer.",
             audit_table,
             f"Baseline: {baseline}. The audit event is committed before the answer is sent (fsync per "
-            "commit with synchronous=FULL).",
+            "commit with synchronous=FULL; this machine's disk is ext4 on a virtual disk, whose fsync is "
+            "cheap: expect more on spinning or network storage). The per-request row compares two routes of "
+            "the same session; the difference also holds the access-log route's own JSON parsing and "
+            "shown-study check, so it is an upper bound of the audit's share.",
         ]))
     return 0
 
