@@ -90,6 +90,32 @@ def day_plot(title: str, samples: Sequence[Sample], days: int, now: float) -> Pl
     return Plot(title, tuple(series), x_labels, y_labels, empty=not per_day)
 
 
+@dataclass(frozen=True)
+class Bar:
+    label: str
+    y: float  # top of the row
+    p50_width: float
+    p90_width: float
+    text: str
+
+
+@dataclass(frozen=True)
+class BarPlot:
+    title: str
+    bars: tuple[Bar, ...]
+    height: float
+    scale_label: str
+
+
+def archive_plot(title: str, rows: Sequence[Row]) -> BarPlot:
+    """Horizontal bars per archive: p90 (light) behind p50 (dark), scaled to the largest p90."""
+    top = max((r.p90 for r in rows), default=1.0) or 1.0
+    span = WIDTH - 2 * PAD - 120
+    bars = tuple(Bar(r.label, PAD / 2 + n * 26, span * r.p50 / top, span * r.p90 / top,
+                     f"p50 {r.p50:.2f} s · p90 {r.p90:.2f} s ({r.count})") for n, r in enumerate(rows))
+    return BarPlot(title, bars, PAD + 26 * max(1, len(rows)), f"{top:.2f} s")
+
+
 @bp.get("/time-to-image")
 def time_to_image() -> str:
     check_access()
@@ -115,6 +141,9 @@ def time_to_image() -> str:
         "admin_time_to_image.html", days=days, width=WIDTH, height=HEIGHT, pad=PAD,
         plots=[day_plot("Time to first study (browser, from the launch click)", kinds["first-study"], days, now),
                day_plot("Time to complete list (browser, from the launch click)", kinds["complete"], days, now)],
+        archive_plots=[archive_plot("Archive answer time (server, answered), per archive", archive_rows),
+                       archive_plot("Archive on screen (browser), per archive",
+                                    rows_by(kinds["archive-browser"], "archive"))],
         first=rows_by(kinds["first-study"], "kind"), complete=rows_by(kinds["complete"], "kind"),
         launch=rows_by(kinds["launch"], "kind"), archives=archive_rows,
         browser_archives=rows_by(kinds["archive-browser"], "archive"), errors=errors,

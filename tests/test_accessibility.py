@@ -5,7 +5,7 @@ axe-core is a test tool only (never served by the app): `.ci/test` installs it f
 context bypasses CSP here and nowhere else. Pages: the start page, the 401 error page, and the
 timeline after its stream finished (full window with the patient banner and the "Needs attention"
 strip, with a filter applied, and inside the sandbox chart's iframe, where only the app's frame is
-audited: the chart stands in for a third-party EHR).
+audited: the chart stands in for a third-party EHR), and the operations page /admin/time-to-image.
 
 Besides the WCAG 2.0/2.1 A and AA rules, axe's "best-practice" rules run too: they are where axe
 checks semantic structure (one banner and one main landmark, content inside landmarks, heading levels).
@@ -146,3 +146,9 @@ def test_keyboard_skip_link_first_then_visible_focus(page, demo):
         page.locator(target).first.focus()
         assert page.locator(target).first.evaluate("e => e === document.activeElement")
         assert_focus_visible(page)
+
+
+def test_operations_page(page, demo):
+    launch_full_window(page, demo, "pat-amy")  # so there are measurements to plot
+    page.goto(f"{demo.base_url}/admin/time-to-image")
+    assert_accessible(page)

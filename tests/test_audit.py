@@ -257,3 +257,27 @@ def test_the_store_folder_is_created_for_an_sqlite_url(tmp_path):
     path = Path(tmp_path / "new" / "dir" / "audit.db")
     result = audit_cli(f"sqlite:///{path}", "--patient", "x")
     assert result.returncode == 0 and path.exists()
+
+
+def test_cli_reads_a_postgresql_store(postgres_url):
+    from datetime import UTC, datetime
+
+    from app.audit_event import AuditEvent
+    from app.audit_store import PostgresAuditStore
+
+    PostgresAuditStore(postgres_url).append([AuditEvent("thumbnail", "pat-pg", "Practitioner/x", studies=("1.2.9",),
+                                                        archive="pacs", recorded=datetime(2026, 12, 1, tzinfo=UTC))])
+    result = audit_cli(postgres_url, "--patient", "pat-pg", "--format", "json")
+    assert result.returncode == 0, result.stderr
+    (event,) = [json.loads(line) for line in result.stdout.splitlines()]
+    assert {k: event[k] for k in CONTRACT_FIELDS} == {
+        "action": "thumbnail", "patient": "pat-pg", "user": "Practitioner/x", "studies": ["1.2.9"],
+        "archive": "pacs", "outcome": "success", "recorded": "2026-12-01T00:00:00.000000Z"}
+
+
+def test_the_demo_honours_imaging_audit_store(tmp_path, monkeypatch):
+    url = f"sqlite:///{tmp_path / 'from-env.db'}"
+    monkeypatch.setenv("IMAGING_AUDIT_STORE", url)
+    with serve_demo(app_options={"APP_KEYS": KEYS, "AUDIT_FHIR_URL": None}) as demo:
+        launch(demo, "pat-carla")
+    assert [e.action for e in SQLiteAuditStore(tmp_path / "from-env.db").query("pat-carla")] == ["view-timeline"]

@@ -131,7 +131,8 @@ def test_the_operations_page_plots_and_tabulates_the_runs_just_made(demo):
     page = requests.get(f"{demo.base_url}/admin/time-to-image", timeout=10)
     assert page.status_code == 200
     html = page.text
-    assert html.count("<svg") == 2
+    assert html.count("<svg") == 4  # p50/p90 per day (first study, complete), per archive (server, browser)
+    assert 'data-archive-bar="pacs"' in html
     assert re.search(r'<polyline class="series-p50" data-series="p50" points="[0-9.]+,[0-9.]+', html)
     assert re.search(r'<polyline class="series-p90" data-series="p90" points="[0-9.]+,[0-9.]+', html)
     assert 'id="archive-errors"' in html and 'data-archive="pacs"' in html
