@@ -162,6 +162,9 @@ class SQLiteAuditStore:
     def claim(self, now: float, lease_s: float, limit: int) -> list[Pending]:
         with self._lock:
             db = self._connection()
+            # A read first: an idle forwarder polling every few seconds never takes the write lock.
+            if db.execute("SELECT 1 FROM audit_outbox WHERE due <= ? LIMIT 1", (now,)).fetchone() is None:
+                return []
             # One statement: two processes cannot claim the same row (SQLite serialises writers).
             rows = db.execute(
                 "UPDATE audit_outbox SET due = ? WHERE event_id IN (SELECT event_id FROM audit_outbox "

@@ -27,15 +27,18 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import requests
-from flask import Blueprint, Flask, Response, current_app, jsonify, request
+from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
 
 from . import cds_cards
 from .archives.config import ArchiveConfig
+from .audit import archive_outcome, auditor, client_address
+from .audit_event import AuditEvent
 from .cds_auth import CdsAuthenticator, VerifiedCall, load_clients
 from .errors import AppError, CdsForbidden, CdsRequestError
 from .federation import ArchiveOutcome, Federation, federation, merge_studies
 from .fhir import is_fhir_id, read_patient, to_summary
 from .models import LaunchContext, PatientSummary, Study
+from .smart import fhir_user_url
 
 log = logging.getLogger(__name__)
 bp = Blueprint("cds", __name__, url_prefix="/cds-services")
@@ -114,6 +117,8 @@ def call(service_id: str) -> Response:
         raise CdsRequestError("context.patientId must be the FHIR id of the patient.")
     patient_id: str = context["patientId"]
     patient, ctx, token = _patient(cds, verified, body, patient_id)
+    user = context.get("userId") if isinstance(context.get("userId"), str) else None
+    g.cds_audit = (fhir_user_url(user, ctx.iss) if user and ctx.iss else user, verified.client.iss)
     if service.hook == "patient-view":
         cards = _patient_view(cds, patient, ctx, token, started)
     else:
@@ -241,11 +246,22 @@ def _within_deadline(cds: CdsServices, fed: Federation, patient: PatientSummary,
     from . import metrics
 
     metrics.observe_archives((o.status.id, o.status.status, (o.status.ms or 0) / 1000) for o in outcomes)
+    _audit(patient, ctx, outcomes)
     # Merge in configuration order (the EHR's fields first), whatever the arrival order, as search() does.
     rank = {a.id: n for n, a in enumerate(fed.archives)}
     outcomes.sort(key=lambda o: rank.get(o.status.id, len(rank)))
     studies = merge_studies(s for o in outcomes for s in o.studies)
     return studies, unanswered, outcomes
+
+
+def _audit(patient: PatientSummary, ctx: LaunchContext, outcomes: list[ArchiveOutcome]) -> None:
+    """The hook read the patient's imaging for the EHR's user: one list-studies event per archive asked."""
+    user, client = g.get("cds_audit", (None, None))
+    events = [AuditEvent(action="list-studies", patient=patient.id, user=user, client_id=client,
+                         address=client_address(), iss=ctx.iss or None, studies=tuple(s.uid for s in o.studies),
+                         archive=o.status.id, outcome=archive_outcome(o.status.status))
+              for o in outcomes if o.status.status != "not-linked"]
+    auditor().record_events(events)
 
 
 def _names(archives: tuple[ArchiveConfig, ...]) -> dict[str, str]:
@@ -309,6 +325,20 @@ def _order_check(cds: CdsServices, patient: PatientSummary, ctx: LaunchContext, 
                                                       launch_url=f"{_public_base()}/launch", now=now))
             metrics.order_warning_shown(hook)
     return cards
+
+
+@bp.after_request
+def _cors(resp: Response) -> Response:
+    """CDS Hooks 2.0 §"Security and Safety": services answer browser-based CDS clients (CORS).
+
+    Safe with any origin: every call needs a JWT signed by an allow-listed client, and no cookie
+    or ambient credential is ever honoured here. Flask answers the OPTIONS preflight itself.
+    """
+    resp.headers["Access-Control-Allow-Origin"] = "*"
+    resp.headers["Access-Control-Allow-Headers"] = "Authorization, Content-Type"
+    resp.headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
+    resp.headers["Access-Control-Expose-Headers"] = "Content-Type"
+    return resp
 
 
 def init_app(app: Flask) -> None:

@@ -400,3 +400,23 @@ def test_a_warning_card_link_opens_the_timeline_on_that_study(demo, browser):
         assert current.get_attribute("data-study-uid") == study_uid("ben-ct-head-stat")
     finally:
         context.close()
+
+
+def test_a_hook_call_is_audited_as_the_ehr_users_study_list(demo):
+    store = demo.app.extensions["audit"].store
+    before = len(store.query("pat-ben"))
+    assert post(demo, order_body(demo), sign(claims_for(service_url(demo)))).status_code == 200
+    new = store.query("pat-ben")[before:]
+    assert {e.action for e in new} == {"list-studies"}
+    assert {e.archive for e in new} == {"ehr", "outside", "pacs"}
+    assert {(e.user, e.client_id) for e in new} == {(f"{demo.iss}/Practitioner/sandbox-dr-radiant", CLIENT_ISS)}
+
+
+def test_browser_based_cds_clients_get_cors_answers(demo):
+    pre = requests.options(service_url(demo), headers={"Origin": "https://ehr.example",
+                                                       "Access-Control-Request-Method": "POST",
+                                                       "Access-Control-Request-Headers": "authorization,content-type"},
+                           timeout=10)
+    assert pre.ok and pre.headers["Access-Control-Allow-Origin"] == "*"
+    assert "Authorization" in pre.headers["Access-Control-Allow-Headers"]
+    assert requests.get(f"{demo.base_url}/cds-services", timeout=10).headers["Access-Control-Allow-Origin"] == "*"
