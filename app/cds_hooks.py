@@ -29,7 +29,7 @@ from typing import Any
 import requests
 from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
 
-from . import cds_cards
+from . import cds_cards, metrics
 from .archives.config import ArchiveConfig
 from .audit import archive_outcome, auditor, client_address
 from .audit_event import AuditEvent
@@ -137,8 +137,6 @@ def feedback(service_id: str) -> Response:
     items = body.get("feedback") if isinstance(body, dict) else None
     if not isinstance(items, list):
         raise CdsRequestError('Feedback must be {"feedback": [{"card": ..., "outcome": ...}]}.')
-    from . import metrics
-
     for item in items:
         if isinstance(item, dict) and item.get("outcome") in ("accepted", "overridden"):
             followed = item["outcome"] == "accepted" and bool(item.get("acceptedSuggestions"))
@@ -243,8 +241,6 @@ def _within_deadline(cds: CdsServices, fed: Federation, patient: PatientSummary,
     stop.set()
     answered = {o.status.id for o in outcomes}
     unanswered = [a.name for a in usable if a.id not in answered]
-    from . import metrics
-
     metrics.observe_archives((o.status.id, o.status.status, (o.status.ms or 0) / 1000) for o in outcomes)
     _audit(patient, ctx, outcomes)
     # Merge in configuration order (the EHR's fields first), whatever the arrival order, as search() does.
@@ -316,8 +312,6 @@ def _order_check(cds: CdsServices, patient: PatientSummary, ctx: LaunchContext, 
     studies, _, _ = _within_deadline(cds, fed, patient, ctx, token, started)
     now = datetime.now(UTC)
     cards = []
-    from . import metrics
-
     for draft in drafts:
         match = cds_cards.comparable_recent(draft, studies, now=now, window=cds.repeat_window)
         if match is not None:

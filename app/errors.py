@@ -213,6 +213,14 @@ class CdsRequestError(AppError):
     code = "cds-bad-request"
 
 
+class ForbiddenMetrics(AppError):
+    """/metrics or the operations page asked for without the token, and not directly from loopback."""
+
+    status = 403
+    title = "Not allowed"
+    code = "metrics-forbidden"
+
+
 def _wants_json() -> bool:
     if request.path.startswith(("/api/", "/cds-services")) or request.path == "/health":
         return True

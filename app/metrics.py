@@ -38,7 +38,7 @@ from typing import Any
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
 
 from .audit_store import Sample
-from .errors import AppError, FhirNotFound, LaunchError
+from .errors import FhirNotFound, ForbiddenMetrics, LaunchError
 
 log = logging.getLogger(__name__)
 bp = Blueprint("metrics", __name__)
@@ -49,12 +49,6 @@ ARCHIVE_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0, 20.0, 3
 MAX_SECONDS = 600.0  # a beacon claiming longer is a stale tab, not a measurement
 STATUSES = frozenset({"ok", "timeout", "error", "not-linked"})
 LOOPBACK = frozenset({"127.0.0.1", "::1"})
-
-
-class ForbiddenMetrics(AppError):
-    status = 403
-    title = "Not allowed"
-    code = "metrics-forbidden"
 
 
 class _Metrics:
