@@ -32,12 +32,13 @@ def render(events: Sequence[AuditEvent], fmt: str) -> str:
         return "".join(json.dumps(e.to_fhir()) + "\n" for e in events)
     if not events:
         return "no audit events for this patient\n"
-    rows = [("recorded", "action", "user", "archive", "outcome", "studies")]
+    rows = [("recorded", "action", "user", "client", "archive", "outcome", "studies")]
     for e in events:
         studies = ", ".join(e.studies) + (f" (reports: {', '.join(e.reports)})" if e.reports else "")
-        rows.append((e.recorded_text, e.action, e.user or "-", e.archive or "-", e.outcome, studies or "-"))
-    widths = [max(len(r[i]) for r in rows) for i in range(5)]
-    return "".join("  ".join(c.ljust(w) for c, w in zip(r[:5], widths, strict=True)) + "  " + r[5] + "\n"
+        rows.append((e.recorded_text, e.action, e.user or "-", e.client_id or "-", e.archive or "-", e.outcome,
+                     studies or "-"))
+    widths = [max(len(r[i]) for r in rows) for i in range(6)]
+    return "".join("  ".join(c.ljust(w) for c, w in zip(r[:6], widths, strict=True)) + "  " + r[6] + "\n"
                    for r in rows)
 
 

@@ -115,7 +115,8 @@ def test_events_name_the_client_and_the_clinicians_address(demo, session_of_ben)
 def test_cli_table_names_each_action(demo, session_of_ben):
     result = audit_cli(store_url(demo), "--patient", "pat-ben")
     assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines()[0].split()[:5] == ["recorded", "action", "user", "archive", "outcome"]
+    assert result.stdout.splitlines()[0].split() == ["recorded", "action", "user", "client", "archive", "outcome",
+                                                     "studies"]
     for action in ("view-timeline", "list-studies", "thumbnail", "open-viewer"):
         assert action in result.stdout
 
