@@ -28,7 +28,7 @@ from flask import Flask, current_app, has_request_context, request
 
 from .audit_event import Action, AuditEvent, Outcome
 from .audit_store import STORE_ERRORS, AuditStore, Pending, open_audit_store
-from .errors import AppError
+from .errors import AppError, AuditUnavailable
 from .http import Deadline, fetch
 
 if TYPE_CHECKING:
@@ -127,7 +127,13 @@ class Auditor:
         """Durably store `events` (one transaction), then mirror and forward them."""
         if not events:
             return
-        self.store.append(events, forward=self.forwarder is not None)
+        try:
+            self.store.append(events, forward=self.forwarder is not None)
+        except STORE_ERRORS as exc:
+            log.error("audit store write failed (%s): the access was refused", type(exc).__name__)
+            raise AuditUnavailable("Imaging Timeline could not record this access in its audit trail, so nothing "
+                                   "was shown. Try again in a moment; if it keeps happening, tell your "
+                                   "administrator (the audit store is unreachable).") from exc
         if self.stdout is not None:
             for event in events:
                 self.stdout.write(json.dumps({"audit": event.to_json()}) + "\n")

@@ -231,21 +231,22 @@ class PostgresAuditStore:
         self._pid = self._ops_pid = -1
         self._db: Any = None
         self._ops: Any = None
-        with self._lock:
-            db = self._connection()
-            with db.transaction():
-                # Several workers may start at once: one creates the schema, the others wait for it.
-                db.execute("SELECT pg_advisory_xact_lock(7418110)")
-                for statement in self.SCHEMA:
-                    db.execute(statement)
-
-    def _open(self, **options: Any) -> Any:
         try:
-            return psycopg.connect(self.url, autocommit=True, connect_timeout=self.connect_timeout_s, **options)
+            with self._lock:
+                db = self._connection()
+                with db.transaction():
+                    # Several workers may start at once: one creates the schema, the others wait for it.
+                    db.execute("SELECT pg_advisory_xact_lock(7418110)")
+                    for statement in self.SCHEMA:
+                        db.execute(statement)
         except psycopg.Error as exc:
             raise ConfigError(f"The audit store {_redacted(self.url)} (IMAGING_AUDIT_STORE) cannot be reached: "
                               f"{type(exc).__name__}; check that PostgreSQL is running and the URL is right."
                               ) from exc
+
+    def _open(self, **options: Any) -> Any:
+        """A new connection; psycopg.OperationalError when the server cannot be reached (at start: ConfigError)."""
+        return psycopg.connect(self.url, autocommit=True, connect_timeout=self.connect_timeout_s, **options)
 
     def _connection(self) -> Any:
         if self._db is None or self._db.closed or self._pid != os.getpid():
@@ -263,8 +264,7 @@ class PostgresAuditStore:
             return
         from psycopg.types.json import Jsonb
 
-        with self._lock:
-            db = self._connection()
+        def write(db: Any) -> None:
             with db.transaction():
                 for event in events:
                     row = db.execute("INSERT INTO audit_event (recorded, patient, body) VALUES (%s, %s, %s) "
@@ -272,6 +272,16 @@ class PostgresAuditStore:
                                      ).fetchone()
                     if forward:
                         db.execute("INSERT INTO audit_outbox (event_id, due) VALUES (%s, 0)", (row[0],))
+
+        with self._lock:
+            try:
+                write(self._connection())
+            except psycopg.OperationalError:
+                # The server restarted or dropped this connection (the transaction did not commit):
+                # one new connection, one more try; a second failure reaches the caller.
+                if not self._db.closed:
+                    raise
+                write(self._connection())
 
     def query(self, patient: str, since: datetime | None = None) -> list[AuditEvent]:
         sql = "SELECT id, body FROM audit_event WHERE patient = %s"
@@ -307,12 +317,19 @@ class PostgresAuditStore:
             return int(self._connection().execute("SELECT count(*) FROM audit_outbox").fetchone()[0])
 
     def first_use(self, key: str, until: float) -> bool:
-        with self._ops_lock:
-            db = self._ops_connection()
+        def note(db: Any) -> bool:
             db.execute("DELETE FROM used_once WHERE until < %s", (time.time(),))
             cur = db.execute("INSERT INTO used_once (k, until) VALUES (%s, %s) ON CONFLICT (k) DO NOTHING",
                              (key, until))
-            return cur.rowcount == 1
+            return bool(cur.rowcount == 1)
+
+        with self._ops_lock:
+            try:
+                return note(self._ops_connection())
+            except psycopg.OperationalError:
+                if not self._ops.closed:
+                    raise
+                return note(self._ops_connection())  # a dropped connection: reopen once
 
     def add_samples(self, samples: Sequence[Sample]) -> None:
         with self._ops_lock:

@@ -36,7 +36,8 @@ from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 from joserfc.jws import extract_compact
 
-from .errors import CdsAuthError, CdsForbidden, ConfigError
+from .audit_store import STORE_ERRORS
+from .errors import AuditUnavailable, CdsAuthError, CdsForbidden, ConfigError
 from .http import Deadline, fetch
 from .keys import as_key_set
 
@@ -168,8 +169,13 @@ class CdsAuthenticator:
         except (JoseError, ValueError) as exc:
             reason = getattr(exc, "description", None) or getattr(exc, "error", None) or type(exc).__name__
             raise CdsAuthError(f"The CDS client's JWT was refused ({reason}). Its aud must be {audience}.") from exc
-        if not self.replay.first_use(f"cds-jti:{client.iss}:{decoded.claims['jti']}",
-                                     float(decoded.claims["exp"]) + LEEWAY_S):
+        try:
+            first = self.replay.first_use(f"cds-jti:{client.iss}:{decoded.claims['jti']}",
+                                          float(decoded.claims["exp"]) + LEEWAY_S)
+        except STORE_ERRORS as exc:
+            raise AuditUnavailable("The single-use check of the CDS client's JWT could not be made (the audit "
+                                   "store is unreachable); the call was refused.") from exc
+        if not first:
             raise CdsAuthError("This JWT (jti) was already used; CDS clients must sign a new one for every call.")
         return VerifiedCall(client, dict(decoded.claims))
 

@@ -213,6 +213,14 @@ class CdsRequestError(AppError):
     code = "cds-bad-request"
 
 
+class AuditUnavailable(AppError):
+    """The audit trail could not be written, so the access it records is not given (fail closed)."""
+
+    status = 503
+    title = "Imaging Timeline cannot record this access"
+    code = "audit-unavailable"
+
+
 class ForbiddenMetrics(AppError):
     """/metrics or the operations page asked for without the token, and not directly from loopback."""
 

@@ -37,7 +37,7 @@ from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
 
-from .audit_store import Sample
+from .audit_store import STORE_ERRORS, Sample
 from .errors import FhirNotFound, ForbiddenMetrics, LaunchError
 
 log = logging.getLogger(__name__)
@@ -134,8 +134,13 @@ def _prune(root: Path, keep: Path) -> None:
 
 
 def _samples(samples: list[Sample]) -> None:
-    if "audit" in current_app.extensions:
+    """Keep samples for the operations page; a store hiccup loses them (operations data), never the answer."""
+    if "audit" not in current_app.extensions:
+        return
+    try:
         current_app.extensions["audit"].store.add_samples(samples)
+    except STORE_ERRORS as exc:
+        log.warning("time-to-image samples not kept (%s)", type(exc).__name__)
 
 
 def observe_archive(archive: str, status: str, seconds: float) -> None:

@@ -282,3 +282,45 @@ def test_the_demo_honours_imaging_audit_store(tmp_path, monkeypatch):
     with serve_demo(app_options={"APP_KEYS": KEYS, "AUDIT_FHIR_URL": None}) as demo:
         launch(demo, "pat-carla")
     assert [e.action for e in SQLiteAuditStore(tmp_path / "from-env.db").query("pat-carla")] == ["view-timeline"]
+
+
+# --- when the audit store fails: reconnect once, else refuse the access (fail closed) -----------------
+
+
+def _drop_connections(url: str, allow_new: bool) -> None:
+    import psycopg
+
+    name = url.rsplit("/", 1)[1]
+    admin = url.rsplit("/", 1)[0] + "/postgres"
+    with psycopg.connect(admin, autocommit=True) as db:
+        db.execute(f"ALTER DATABASE {name} WITH ALLOW_CONNECTIONS {'true' if allow_new else 'false'}")
+        db.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
+
+
+@pytest.fixture
+def pg_demo(postgres_url):
+    with serve_demo(app_options={"APP_KEYS": KEYS, "AUDIT_STORE": postgres_url, "AUDIT_FHIR_URL": None}) as demo:
+        yield demo, postgres_url
+    _drop_connections(postgres_url, allow_new=True)
+
+
+def test_a_dropped_database_connection_is_reopened_and_the_event_kept(pg_demo):
+    demo, url = pg_demo
+    browser = launch(demo, "pat-amy")
+    _drop_connections(url, allow_new=True)  # e.g. PostgreSQL restarted
+    assert browser.get(f"{demo.base_url}/timeline", timeout=30).status_code == 200
+    from app.audit_store import PostgresAuditStore
+
+    assert [e.action for e in PostgresAuditStore(url).query("pat-amy")] == ["view-timeline", "view-timeline"]
+
+
+def test_nothing_is_shown_when_the_access_cannot_be_recorded(pg_demo):
+    demo, url = pg_demo
+    browser = launch(demo, "pat-amy")
+    _drop_connections(url, allow_new=False)  # the audit database is unreachable
+    page = browser.get(f"{demo.base_url}/timeline", timeout=30)
+    assert page.status_code == 503
+    assert "could not record this access in its audit trail, so nothing was shown" in page.text
+    api = browser.get(f"{demo.base_url}/api/studies", timeout=60)
+    assert api.status_code == 503 and api.json()["error"] == "audit-unavailable"
+    assert "studies" not in api.json()
