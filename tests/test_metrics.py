@@ -19,7 +19,7 @@ TOKEN = "metrics-test-token-0123456789"
 def demo(tmp_path_factory):
     root = tmp_path_factory.mktemp("metrics")
     options = {"APP_KEYS": KEYS, "AUDIT_STORE": f"sqlite:///{root / 'audit.db'}", "AUDIT_FHIR_URL": None,
-               "METRICS_TOKEN": TOKEN}
+               "METRICS_TOKEN": TOKEN, "CDS_DEADLINE_S": 5.0}
     with serve_demo(app_options=options) as running:
         yield running
 
