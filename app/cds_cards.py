@@ -209,7 +209,7 @@ def comparable_recent(draft: DraftOrder, studies: Iterable[Study], *, now: datet
 
 
 def order_warning_card(draft: DraftOrder, study: Study, *, names: dict[str, str], launch_url: str,
-                       now: datetime) -> dict[str, Any]:
+                       now: datetime, slices: str | None = None) -> dict[str, Any]:
     """ "CT abdomen/pelvis with contrast at Riverside, 6 h ago, report final: view before repeating"."""
     said_contrast = contrast(study.description)
     name = what(study) + (f" {said_contrast}" if said_contrast else "")
@@ -222,6 +222,8 @@ def order_warning_card(draft: DraftOrder, study: Study, *, names: dict[str, str]
     if study.series_count is not None:
         facts.append(f"- {_plural(study.series_count, 'series', 'series')}"
                      + (f", {study.instance_count} images" if study.instance_count else ""))
+    if slices:
+        facts.append(f"- {slices[0].upper()}{slices[1:]} (from the images)")
     if said_contrast:
         facts.append(f"- Contrast: {said_contrast} (from the study description)")
     conclusion = next((r.conclusion for r in study.reports if r.conclusion), None)

@@ -29,7 +29,8 @@ from typing import Any
 import requests
 from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
 
-from . import cds_cards, metrics
+from . import cds_cards, metrics, series_facts
+from .archives.base import ArchiveClient
 from .archives.config import ArchiveConfig
 from .audit import archive_outcome, auditor, client_address
 from .audit_event import AuditEvent
@@ -37,6 +38,7 @@ from .cds_auth import CdsAuthenticator, VerifiedCall, load_clients
 from .errors import AppError, CdsForbidden, CdsRequestError
 from .federation import ArchiveOutcome, Federation, federation, merge_studies
 from .fhir import is_fhir_id, read_patient, to_summary
+from .http import Deadline
 from .models import LaunchContext, PatientSummary, Study
 from .smart import fhir_user_url
 
@@ -312,13 +314,28 @@ def _order_check(cds: CdsServices, patient: PatientSummary, ctx: LaunchContext, 
     studies, _, _ = _within_deadline(cds, fed, patient, ctx, token, started)
     now = datetime.now(UTC)
     cards = []
+    end = started + cds.deadline_s - min(ANSWER_MARGIN_S, cds.deadline_s / 4)
     for draft in drafts:
         match = cds_cards.comparable_recent(draft, studies, now=now, window=cds.repeat_window)
         if match is not None:
+            slices = _slices(fed, ctx, token, match, Deadline(end)) if end - time.monotonic() > 0.05 else ()
             cards.append(cds_cards.order_warning_card(draft, match, names=_names(fed.archives),
-                                                      launch_url=f"{_public_base()}/launch", now=now))
+                                                      launch_url=f"{_public_base()}/launch", now=now,
+                                                      slices=series_facts.describe(slices)))
             metrics.order_warning_shown(hook)
     return cards
+
+
+def _slices(fed: Federation, ctx: LaunchContext, token: _Token, study: Study, deadline: Deadline) -> tuple[float, ...]:
+    """The warned-about study's slice thickness, from a DICOMweb archive holding it, within what is left."""
+    archives = {a.id: a for a in fed.archives}
+    sources = [*study.sources, *(e.archive_id for e in study.endpoints)]
+
+    def client(archive: ArchiveConfig) -> ArchiveClient:
+        credentials = fed.auth.for_archive(archive, iss=ctx.iss, ehr_token=token.access_token)
+        return ArchiveClient(archive, fed.http, credentials, max_bytes=series_facts.MAX_BYTES)
+
+    return series_facts.for_study(archives, sources, client, ctx.iss, study.uid, deadline)
 
 
 @bp.after_request

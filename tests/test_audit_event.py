@@ -8,6 +8,7 @@ import pytest
 
 from app.audit_event import AuditEvent
 from app.cds_cards import DraftOrder, ago, contrast, draft_from_resource
+from app.series_facts import describe
 
 T0 = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
 
@@ -88,3 +89,10 @@ def test_a_draft_orders_modality_comes_from_its_code_or_text(code, modalities):
 ])
 def test_something_that_is_not_an_imaging_draft_is_ignored(resource):
     assert draft_from_resource(resource) is None
+
+
+@pytest.mark.parametrize(("values", "text"), [
+    ((), None), ((5.0,), "5 mm slices"), ((1.25, 5.0), "1.25 to 5 mm slices"),
+])
+def test_slice_thickness_is_said_as_one_value_or_a_range(values, text):
+    assert describe(values) == text

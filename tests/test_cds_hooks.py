@@ -105,6 +105,7 @@ def test_order_select_warns_about_a_recent_comparable_study(demo):
     assert card["summary"].startswith("CT head without contrast at Sandbox General Hospital, ")
     assert card["summary"].endswith(" ago, report preliminary: view before repeating")
     assert "- 1 series, 4 images" in card["detail"]
+    assert "- 5 mm slices (from the images)" in card["detail"]  # SliceThickness of the CT series' instances
     assert "Contrast: without contrast (from the study description)" in card["detail"]
     assert json.loads(card["links"][0]["appContext"]) == {"fhirContext": [BEN_CT_HEAD]}
     (suggestion,) = card["suggestions"]
