@@ -69,7 +69,8 @@ SERVICES = {s.id: s for s in (
 )}
 PREFETCH = {"patient": "Patient/{{context.patientId}}"}
 DONE = object()
-ANSWER_MARGIN_S = 0.15
+ANSWER_MARGIN_S = 0.25  # stop waiting for archives this long before the deadline, to build and send the answer
+SERIES_FACTS_MIN_S = 0.2  # look up slice thickness only with at least this much time left
 
 
 @dataclass
@@ -82,6 +83,7 @@ class CdsServices:
     repeat_window: timedelta
     local_archives: frozenset[str]  # archives that are "this organisation" (not outside)
     http: requests.Session
+    slices: series_facts.FactsCache
 
 
 def services() -> CdsServices:
@@ -318,7 +320,8 @@ def _order_check(cds: CdsServices, patient: PatientSummary, ctx: LaunchContext, 
     for draft in drafts:
         match = cds_cards.comparable_recent(draft, studies, now=now, window=cds.repeat_window)
         if match is not None:
-            slices = _slices(fed, ctx, token, match, Deadline(end)) if end - time.monotonic() > 0.05 else ()
+            slices = _slices(fed, ctx, token, match, Deadline(end)) if end - time.monotonic() > SERIES_FACTS_MIN_S \
+                else ()
             cards.append(cds_cards.order_warning_card(draft, match, names=_names(fed.archives),
                                                       launch_url=f"{_public_base()}/launch", now=now,
                                                       slices=series_facts.describe(slices)))
@@ -335,7 +338,7 @@ def _slices(fed: Federation, ctx: LaunchContext, token: _Token, study: Study, de
         credentials = fed.auth.for_archive(archive, iss=ctx.iss, ehr_token=token.access_token)
         return ArchiveClient(archive, fed.http, credentials, max_bytes=series_facts.MAX_BYTES)
 
-    return series_facts.for_study(archives, sources, client, ctx.iss, study.uid, deadline)
+    return series_facts.for_study(archives, sources, client, ctx.iss, study.uid, deadline, services().slices)
 
 
 @bp.after_request
@@ -366,5 +369,6 @@ def init_app(app: Flask) -> None:
         repeat_window=timedelta(days=float(app.config.get("CDS_REPEAT_WINDOW_DAYS", 30))),
         local_archives=frozenset(local),
         http=http,
+        slices=series_facts.FactsCache(),
     )
     app.register_blueprint(bp)

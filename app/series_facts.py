@@ -15,6 +15,8 @@ an instance attribute. Any failure simply leaves the fact out of the card.
 from __future__ import annotations
 
 import logging
+import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -73,16 +75,47 @@ def describe(thicknesses: tuple[float, ...]) -> str | None:
     return f"{low} mm slices" if low == high else f"{low} to {high} mm slices"
 
 
+class FactsCache:
+    """Slice thicknesses by (archive, study UID), bounded: a study's images do not change once acquired."""
+
+    def __init__(self, size: int = 2048) -> None:
+        self.size = size
+        self._items: OrderedDict[tuple[str, str], tuple[float, ...]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[str, str]) -> tuple[float, ...] | None:
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+            return None
+
+    def put(self, key: tuple[str, str], value: tuple[float, ...]) -> None:
+        with self._lock:
+            self._items[key] = value
+            self._items.move_to_end(key)
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+
+
 def for_study(archives: dict[str, ArchiveConfig], sources: list[str], make_client: Callable[[ArchiveConfig],
-              ArchiveClient], iss: str, study_uid: str, deadline: Deadline) -> tuple[float, ...]:
-    """Slice thicknesses from the first DICOMweb archive that holds the study, if any."""
+              ArchiveClient], iss: str, study_uid: str, deadline: Deadline,
+              cache: FactsCache | None = None) -> tuple[float, ...]:
+    """Slice thicknesses from the first DICOMweb archive that holds the study, if any (cached when known)."""
     for source in sources:
         archive = archives.get(source)
-        if archive is not None and archive.kind == "dicomweb":
-            try:
-                client = make_client(archive)
-            except AppError as exc:
-                log.info("archive %s: no credentials for series facts (%s)", archive.id, exc.code)
-                return ()
-            return slice_thicknesses(client, archive.resolved_base(iss).rstrip("/"), study_uid, deadline)
+        if archive is None or archive.kind != "dicomweb":
+            continue
+        known = cache.get((archive.id, study_uid)) if cache is not None else None
+        if known is not None:
+            return known
+        try:
+            client = make_client(archive)
+        except AppError as exc:
+            log.info("archive %s: no credentials for series facts (%s)", archive.id, exc.code)
+            return ()
+        found = slice_thicknesses(client, archive.resolved_base(iss).rstrip("/"), study_uid, deadline)
+        if found and cache is not None:
+            cache.put((archive.id, study_uid), found)
+        return found
     return ()

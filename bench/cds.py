@@ -215,8 +215,9 @@ def main() -> int:
             "column is GET /cds-services (no search) at the same concurrency in the same run. *Client* times "
             "include the bench's own 20 threads, which share one Python process (one GIL, 2 shared cores) with "
             "the app and the three sandbox archives; *server* times are the app's WSGI time per call. With an "
-            "archive stalled, the answer comes just before the deadline (the service stops waiting 150 ms early "
-            "to build the answer) and names the archive that did not answer.",
+            "archive stalled, the answer comes just before the deadline (the service stops waiting 250 ms early "
+            "to build the answer) and names the archive that did not answer. The warning card also says the "
+            "study's slice thickness, read from the DICOMweb archive once per study (then cached).",
             audit_table,
             f"Baseline: {baseline}. The audit event is committed before the answer is sent (fsync per "
             "commit with synchronous=FULL; this machine's disk is ext4 on a virtual disk, whose fsync is "
