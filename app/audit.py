@@ -206,7 +206,8 @@ def _forwarder(app: Flask, store: AuditStore) -> Forwarder | None:
     if client_id:
         from .archives.auth import SmartBackendAuth
 
-        key = app.extensions["app_keys"].key("RS384")
+        keys = app.extensions["app_keys"].by_alg
+        key = keys.get("RS384") or keys["ES384"]  # whichever the app's key file holds
         auth = SmartBackendAuth("audit", url, client_id=client_id, key=key, http=http,
                                 scope="system/AuditEvent.c", token_url=app.config.get("AUDIT_FHIR_TOKEN_URL"))
     return Forwarder(store, url, http, auth=auth, backoff_s=tuple(app.config.get("AUDIT_FHIR_BACKOFF_S") or BACKOFF_S))
