@@ -25,11 +25,12 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     )
     app.config.update(load_settings(config))
 
-    from . import keys, registration, session_store
+    from . import audit, keys, registration, session_store
 
     registration.init_app(app)
     keys.init_app(app)
     session_store.init_app(app)
+    audit.init_app(app)
 
     from . import launch, timeline
 
@@ -41,6 +42,12 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
 
     federation.init_app(app)
     api.init_app(app)
+
+    from . import admin, cds_hooks, metrics
+
+    metrics.init_app(app)
+    cds_hooks.init_app(app)
+    admin.init_app(app)
 
     @app.get("/health")
     def health() -> Response:

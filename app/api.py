@@ -12,7 +12,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, request, stream_with_context, url_for
 
-from . import imaging_endpoints, words
+from . import audit, imaging_endpoints, metrics, words
 from . import reports as report_api
 from .accumulator import Accumulator
 from .archives.base import ArchiveClient, raise_for_status
@@ -236,6 +236,9 @@ def studies() -> Response:
     check_answers(session, acc.statuses, archives)  # a 401 from the iss: refresh once, else the session ends
     found = acc.studies()
     _remember_shown(session, found)
+    audit.record_listing(session, ((a.id, a.status, [s.uid for s in found if a.id in s.sources])
+                                   for a in acc.ordered_statuses()))
+    metrics.observe_archives((a.id, a.status, (a.ms or 0) / 1000) for a in acc.ordered_statuses())
     builder = view_builder(session, archives)
     decision = builder.decide(found)
     body = {
@@ -318,6 +321,8 @@ def stream() -> Response:
                     _remember_shown(session, found)
                 # A report linked across archives (by accession) reaches a study another archive brought.
                 report_api.remember(session, (acc.merged[uid] for uid in changed if uid in acc.merged))
+                audit.record_listing(session, [(status.id, status.status, [s.uid for s in found])])
+                metrics.observe_archive(status.id, status.status, (status.ms or 0) / 1000)
                 # One write per archive: two small writes in a row meet Nagle's algorithm and the
                 # browser's delayed ACK, which held the second event back by 40-200 ms.
                 chunk = _event("archive", status.to_json())
@@ -369,9 +374,12 @@ def thumbnail(archive_id: str, uid: str) -> Response:
     except ArchiveError as exc:
         log.info("thumbnail from %s failed: %s", archive_id, exc.code)
         check_error(session, archive, exc)  # a 401 from the iss: refresh once, else the session ends
+        audit.record("thumbnail", session, studies=[uid], archive=archive_id, outcome="minor-failure")
         return Response(status=404, headers={"Cache-Control": "private, max-age=60"})
     if answer.content_type not in {"image/jpeg", "image/png", "image/gif"} or not answer.body:
+        audit.record("thumbnail", session, studies=[uid], archive=archive_id, outcome="minor-failure")
         return Response(status=404, headers={"Cache-Control": "private, max-age=60"})
+    audit.record("thumbnail", session, studies=[uid], archive=archive_id)
     resp = Response(answer.body, mimetype=answer.content_type)
     resp.headers["Cache-Control"] = "private, max-age=86400, immutable"
     return resp
@@ -395,13 +403,19 @@ def record_access() -> Response:
     compare_uid = data["compare_uid"][:128] if isinstance(data.get("compare_uid"), str) else None
     if not _was_shown(session, uid, archive_id) or (compare_uid and not _was_shown(session, compare_uid, archive_id)):
         raise FhirNotFound("No such study in this patient's timeline.")
+    # A compare opens two studies: both are recorded, each only if this timeline showed it.
+    compare = data.get("compare_uid")
+    opened = [uid, *([compare[:128]] if isinstance(compare, str) and _was_shown(session, compare[:128], archive_id)
+                     else [])]
+    audit.record("open-viewer", session, studies=opened, archive=archive_id)
     entry = {
         "time": datetime.now(UTC).isoformat(timespec="seconds"),
         "user": session.context.fhir_user, "patient": session.patient.id, "study": uid, "archive": archive_id,
         "viewer": str(data.get("kind") or "")[:16], "iss": session.iss,
         **({"compare_study": compare_uid} if compare_uid else {}),  # a comparison opens both studies
     }
-    access_log.info("viewer opened: %s", json.dumps(entry))
+    # The general log gets no PHI (the audit store has the event); the legacy file keeps its lines.
+    access_log.info("viewer opened (%d studies)", len(opened))
     path = current_app.config.get("ACCESS_LOG_FILE")
     if path:
         with open(path, "a", encoding="utf-8") as fh:

@@ -37,6 +37,11 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--port", type=int, default=8000, help="port to bind (default 8000)")
     serve.add_argument("--workers", type=_at_least_one, default=2, help="worker processes (default 2)")
     serve.add_argument("--threads", type=_at_least_one, default=16, help="threads per worker (default 16)")
+    audit = sub.add_parser("audit", help="who looked at a patient's images (reads IMAGING_AUDIT_STORE)")
+    audit.add_argument("--patient", required=True, help="the patient's FHIR id in the launching EHR")
+    audit.add_argument("--since", help="only events at or after this ISO-8601 date or date-time")
+    audit.add_argument("--format", choices=("table", "json", "fhir"), default="table",
+                       help="table (default), json (one object per line) or fhir (one AuditEvent per line)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # The development server logs every request line, query strings included (patient ids,
@@ -47,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
             from sandbox.demo import run_demo
 
             run_demo(args.port, extra_archives=args.extra_archives)
+        elif args.command == "audit":
+            return _audit(args)
         elif args.command == "sandbox":
             from sandbox.standalone import run_sandbox
 
@@ -58,6 +65,18 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         sys.stderr.write(f"imaging-timeline: {exc.message}\n")
         return 2
+    return 0
+
+
+def _audit(args: argparse.Namespace) -> int:
+    import os
+
+    from .audit_report import default_instance_path, parse_since, render
+    from .audit_store import open_audit_store
+
+    since = parse_since(args.since)
+    store = open_audit_store(os.environ.get("IMAGING_AUDIT_STORE") or None, default_instance_path())
+    sys.stdout.write(render(store.query(args.patient, since), args.format))
     return 0
 
 

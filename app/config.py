@@ -37,6 +37,14 @@ ENV_KEYS = {
     "IMAGING_SESSION_MAX_S": "SESSION_TTL_S",  # a session ends this long after sign-in, used or not
     "IMAGING_STYLE_ORIGINS": "STYLE_ORIGINS",  # comma-separated origins smart_style_url may name
     "IMAGING_TIMEZONE": "TIMEZONE",  # IANA zone of the clinicians ("today"); default: the server's
+    "IMAGING_AUDIT_STORE": "AUDIT_STORE",  # sqlite:///path (default: the instance folder) or postgresql://...
+    "IMAGING_AUDIT_STDOUT": "AUDIT_STDOUT",  # 1: also write each audit event as a JSON line on stdout
+    "IMAGING_AUDIT_FHIR_URL": "AUDIT_FHIR_URL",  # FHIR base to forward AuditEvents to (durable outbox)
+    "IMAGING_AUDIT_FHIR_CLIENT_ID": "AUDIT_FHIR_CLIENT_ID",  # SMART backend client id for that server
+    "IMAGING_AUDIT_FHIR_TOKEN_URL": "AUDIT_FHIR_TOKEN_URL",  # its token endpoint (else discovered)
+    "IMAGING_CDS_CLIENTS": "CDS_CLIENTS",  # path of the JSON list of allow-listed CDS clients (cds_auth.py)
+    "IMAGING_CDS_DEADLINE_S": "CDS_DEADLINE_S",  # answer CDS hooks within this many seconds (default 1.5)
+    "IMAGING_CDS_LOCAL_ARCHIVES": "CDS_LOCAL_ARCHIVES",  # comma-separated archive ids that are not "outside"
 }
 NUMERIC = {"SESSION_IDLE_S", "SESSION_TTL_S"}
 
@@ -64,6 +72,16 @@ DEFAULTS: dict[str, Any] = {
     "TIMEZONE": None,  # IANA zone deciding "today" for the current study; None: the server's local zone
     "CRITICAL_WINDOW_DAYS": 7,  # a final critical result leaves "Needs attention" after this many days
     "ACK_TTL_S": 90 * 86400,  # how long an acknowledgement of an attention item is kept
+    "AUDIT_STORE": None,  # None: audit.sqlite3 in the instance folder; or a store object (tests)
+    "AUDIT_STDOUT": None,
+    "AUDIT_FHIR_URL": None,
+    "AUDIT_FHIR_CLIENT_ID": None,
+    "AUDIT_FHIR_TOKEN_URL": None,
+    "CDS_CLIENTS": None,  # a path, or the list of clients given directly (the demo)
+    "CDS_DEADLINE_S": 1.5,
+    "CDS_REPEAT_WINDOW_DAYS": 30,
+    "CDS_LOCAL_ARCHIVES": None,
+    "METRICS_TOKEN": None,  # tests only; deployments set IMAGING_METRICS_TOKEN in the environment
 }
 
 

@@ -241,8 +241,51 @@ class ReportUnavailable(AppError):
         self.retry_after_s = retry_after_s
 
 
+# --- CDS Hooks ----------------------------------------------------------------------------------
+
+
+class CdsAuthError(AppError):
+    """A CDS client's JWT is missing, unsigned by an allow-listed key, expired, replayed or for another service."""
+
+    status = 401
+    title = "CDS client not authenticated"
+    code = "cds-unauthenticated"
+
+
+class CdsForbidden(AppError):
+    """The CDS request asks about a patient or FHIR server its credentials do not cover."""
+
+    status = 403
+    title = "Not allowed for this patient"
+    code = "cds-forbidden"
+
+
+class CdsRequestError(AppError):
+    """The CDS Hooks request body is malformed (CDS Hooks 2.0 §"HTTP Request")."""
+
+    status = 400
+    title = "Malformed CDS Hooks request"
+    code = "cds-bad-request"
+
+
+class AuditUnavailable(AppError):
+    """The audit trail could not be written, so the access it records is not given (fail closed)."""
+
+    status = 503
+    title = "Imaging Timeline cannot record this access"
+    code = "audit-unavailable"
+
+
+class ForbiddenMetrics(AppError):
+    """/metrics or the operations page asked for without the token, and not directly from loopback."""
+
+    status = 403
+    title = "Not allowed"
+    code = "metrics-forbidden"
+
+
 def _wants_json() -> bool:
-    if request.path.startswith("/api/") or request.path in ("/health", "/ready"):
+    if request.path.startswith(("/api/", "/cds-services")) or request.path in ("/health", "/ready"):
         return True
     best = request.accept_mimetypes.best_match(["text/html", "application/json"])
     return best == "application/json"

@@ -24,13 +24,13 @@ from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, url_for
 
-from . import identity, pixm
+from . import audit, identity, pixm
 from .archives.base import ArchiveClient, PatientRef, Subject
 from .archives.config import ArchiveConfig
 from .archives.dicomweb_reports import DicomReportReader
 from .archives.fhir import FhirArchive
 from .archives.fhir_reports import FhirReportReader
-from .errors import ArchiveError, ArchiveNotLinked, ReportNotFound, ReportUnavailable
+from .errors import AppError, ArchiveError, ArchiveNotLinked, ReportNotFound, ReportUnavailable
 from .federation import federation
 from .http import Deadline
 from .models import Study
@@ -58,10 +58,12 @@ def remember(session: SmartSession, studies: Iterable[Study]) -> None:
     key = _listed_key(session)
     listed = store().get(key) or {"patient": session.patient.id, "reports": {}}
     before = len(listed["reports"])
+    owners = listed.setdefault("studies", {})  # which study each report was listed under (the audit names it)
     for study in studies:
         for report in study.reports:
             if report.source:
                 listed["reports"].setdefault(f"{report.source}/{report.id}", report.kind)
+                owners.setdefault(f"{report.source}/{report.id}", study.uid)
     if len(listed["reports"]) != before or before == 0:
         store().put(key, listed, current_app.config["SESSION_TTL_S"])
 
@@ -72,6 +74,15 @@ def _listed_kind(session: SmartSession, archive_id: str, report_id: str) -> str 
         return None
     kind = listed["reports"].get(f"{archive_id}/{report_id}")
     return kind if isinstance(kind, str) else None
+
+
+def _listed_study(session: SmartSession, archive_id: str, report_id: str) -> list[str]:
+    """The study a listed report was shown under, for the audit trail ([] if it was never listed)."""
+    listed = store().get(_listed_key(session))
+    if not listed or listed.get("patient") != session.patient.id:
+        return []
+    uid = (listed.get("studies") or {}).get(f"{archive_id}/{report_id}")
+    return [uid] if isinstance(uid, str) else []
 
 
 # --- reading ---------------------------------------------------------------------------------------
@@ -173,7 +184,17 @@ def _session() -> SmartSession:
 def report(archive_id: str, report_id: str) -> Response:
     """One report in full (see module docstring for the guard)."""
     session = _session()
-    return jsonify(load(session, archive_id, report_id)["view"])
+    archive_id, report_id = archive_id[:64], report_id[:128]
+    studies = _listed_study(session, archive_id, report_id)
+    try:
+        view = load(session, archive_id, report_id)["view"]
+    except AppError:
+        # A refused or failed read is recorded too (who tried to read which report), then answered.
+        audit.record("read-report", session, reports=[report_id], studies=studies, archive=archive_id,
+                     outcome="minor-failure")
+        raise
+    audit.record("read-report", session, reports=[report_id], studies=studies, archive=archive_id)
+    return jsonify(view)
 
 
 @bp.get("/<archive_id>/<report_id>/attachments/<int:n>")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, current_app, render_template, url_for
 
-from . import priors
+from . import audit, priors
 from .api import initial_statuses, start_search
 from .session import current_session
 
@@ -14,6 +14,7 @@ bp = Blueprint("timeline", __name__)
 @bp.get("/timeline")
 def timeline() -> str:
     session = current_session()
+    audit.record("view-timeline", session)
     if current_app.config["PREFETCH_SEARCH"]:
         start_search(session)  # the archives work while the page loads; the stream picks the run up
     return render_template(

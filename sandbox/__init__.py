@@ -10,7 +10,7 @@ Routes (under the mount prefix): ``/`` chart, ``/launch``, ``/patients``, ``/sma
 ``/auth/authorize|token|jwks``, ``/fhir/...`` (EHR), ``/outside/fhir/...`` (outside facility,
 backend-services tokens only), ``/dicomweb/...`` (QIDO-RS, WADO-RS, rendered, thumbnail),
 ``/viewer/ohif/viewer?StudyInstanceUIDs=...`` (a stand-in for OHIF v3), ``/pixm/Patient/$ihe-pix``
-(an IHE PIXm cross-reference manager).
+(an IHE PIXm cross-reference manager), ``/cds`` (the sandbox as a CDS Hooks client of the app).
 
 Latency and faults can be changed on a running sandbox, per archive id ("ehr", "outside",
 "dicomweb", "auth")::
@@ -35,7 +35,7 @@ import requests
 from flask import Flask
 from joserfc.jwk import RSAKey
 
-from . import chart, dicomweb, fhir_api, oauth, pixm, viewer
+from . import cds_client, chart, dicomweb, fhir_api, oauth, pixm, viewer
 from .config import SandboxClient, SandboxConfig, supported_scopes
 from .data import SandboxData, standard_data
 from .fhir_resources import build_ehr, build_outside
@@ -72,4 +72,5 @@ def create_sandbox_app(config: SandboxConfig, *, http: requests.Session | None =
     app.register_blueprint(dicomweb.bp)
     app.register_blueprint(viewer.bp)
     app.register_blueprint(pixm.bp)
+    app.register_blueprint(cds_client.bp)
     return app

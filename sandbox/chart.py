@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import re
 import secrets
 from urllib.parse import urlencode
 
+import requests
 from flask import Blueprint, jsonify, redirect, render_template, request, url_for
 
+from . import cds_client
 from .data import MRN_SYSTEM, OUTSIDE_SYSTEM, PRACTITIONER_ID
 from .runtime import fhir_base, runtime
 from .smart import STYLE
@@ -31,7 +34,54 @@ def chart():
         return _page_error(404, "No such patient", "That patient is not in this sandbox EHR.")
     standalone = f"{rt.config.app_launch_url}?{urlencode({'iss': fhir_base()})}"
     return render_template("sandbox/chart.html", patients=rt.data.patients, selected=selected,
-                           standalone_url=standalone)
+                           standalone_url=standalone, cds_enabled=cds_client.services_url() is not None)
+
+
+@bp.get("/cds/panel")
+def cds_panel():
+    """The chart's decision-support panel (its own frame, so the chart never waits for the CDS service).
+
+    As an EHR does: patient-view when the chart opens, order-select when an order is drafted.
+    """
+    rt = runtime()
+    selected = request.args.get("patient", "")
+    if rt.data.patient(selected) is None:
+        return _page_error(404, "No such patient", "That patient is not in this sandbox EHR.")
+    draft = (request.args.get("draft") or "").strip()[:120] or None
+    patient_cards = _cards("patient-view", selected)
+    order_cards = _cards("order-select", selected, draft) if draft else None
+    return render_template("sandbox/cds_panel.html", selected=selected, patient_cards=patient_cards,
+                           order_cards=order_cards, draft=draft, cancelled=request.args.get("cancelled") == "1")
+
+
+def _cards(hook: str, patient_id: str, code: str | None = None) -> dict:
+    """{"cards": [...], "service": id} from the app's CDS service, or {"error": ...} (the chart still opens)."""
+    try:
+        status, answer, sent = cds_client.call(hook, patient_id, code)
+    except cds_client.CdsCallError as exc:
+        return {"error": exc.message, "cards": []}
+    except requests.RequestException as exc:
+        return {"error": f"The CDS service could not be reached ({type(exc).__name__}).", "cards": []}
+    if status != 200 or not isinstance(answer, dict):
+        return {"error": f"The CDS service answered HTTP {status}.", "cards": []}
+    cards = [c for c in answer.get("cards", []) if isinstance(c, dict)]
+    for card in cards:
+        for link in card.get("links", []):
+            link["href"] = _launch_href(patient_id, link)
+    return {"cards": cards, "service": sent["service"]}
+
+
+def _launch_href(patient_id: str, link: dict) -> str:
+    """A SMART link opens the app through this EHR's launch; its appContext's fhirContext goes along."""
+    if link.get("type") != "smart":
+        return str(link.get("url", ""))
+    refs: list[str] = []
+    try:
+        context = json.loads(link.get("appContext") or "{}")
+        refs = [r for r in context.get("fhirContext", []) if isinstance(r, str) and FHIR_CONTEXT.match(r)]
+    except (ValueError, AttributeError):
+        refs = []
+    return url_for("chart.launch", patient=patient_id, embedded=1, fhir_context=",".join(refs) or None)
 
 
 @bp.get("/launch")

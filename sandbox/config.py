@@ -25,7 +25,11 @@ def supported_scopes(smart_versions: str) -> tuple[str, ...]:
                      for level in ("patient", "user", "system")
                      for rtype in ("*", *RESOURCE_TYPES)
                      for perm in kinds)
-    return CONTEXT_SCOPES + clinical
+    # The EHR doubles as an audit repository (FHIR R4 AuditEvent create/search, IHE BALP): apps
+    # forward their audit events with a backend-services token.
+    audit = ("system/AuditEvent.read", "system/AuditEvent.write") if smart_versions == "v1" else (
+        "system/AuditEvent.c", "system/AuditEvent.rs")
+    return CONTEXT_SCOPES + clinical + audit
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +80,7 @@ class SandboxConfig:
     page_size: int = 50
     max_page_size: int = 200
     jwks_timeout_s: float = 5.0
+    cds_services_url: str | None = None  # the app's CDS Hooks base (…/cds-services): the chart calls it
 
     def __post_init__(self) -> None:
         for key, fault in self.faults.items():

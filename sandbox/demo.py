@@ -64,6 +64,13 @@ def build_demo(base_url: str, *, extra_archives: str | None = None,
         "LAUNCH_CONFIG": app_registration(base_url, sandbox_url),
         "ARCHIVES": archives,
         "BACKEND_CLIENT_ID": BACKEND_CLIENT_ID,
+        # The sandbox EHR is also the audit repository: the demo forwards every AuditEvent to it.
+        "AUDIT_FHIR_URL": f"{sandbox_url}/fhir",
+        "AUDIT_FHIR_CLIENT_ID": BACKEND_CLIENT_ID,
+        # The sandbox EHR calls the app's CDS services, signing with the keys of its own JWKS.
+        "CDS_CLIENTS": [{"iss": sandbox_url, "jwks_url": f"{sandbox_url}/auth/jwks",
+                         "fhir_servers": [f"{sandbox_url}/fhir"]}],
+        "CDS_LOCAL_ARCHIVES": ("ehr", "pacs"),  # the sandbox hospital's own; "outside" is another facility
         **(app_options or {}),
     })
     sandbox = make_sandbox(base_url, **(sandbox_options or {}))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -364,6 +365,9 @@ def make_blueprint(kind: Kind, index_of: Callable[[], ResourceIndex]) -> Bluepri
             raise FhirProblem(406, "not-supported", "Only JSON is supported (application/fhir+json).")
         return runtime().disturb(archive)
 
+    if kind == "ehr":
+        _audit_repository(bp, base_of)
+
     @bp.get("/<rtype>/<rid>")
     def read(rtype: str, rid: str):
         if (disturbed := _guard(rtype)) is not None:
@@ -401,3 +405,47 @@ def make_blueprint(kind: Kind, index_of: Callable[[], ResourceIndex]) -> Bluepri
         return _search(rtype, MultiDict([*request.args.items(multi=True), *request.form.items(multi=True)]))
 
     return bp
+
+
+AUDIT_EVENTS_KEPT = 10_000
+
+
+def _audit_access(token: Token, write: bool) -> None:
+    """Backend-services tokens only, with system/AuditEvent.c (write) or .rs (read); v1 forms too."""
+    scopes = set(token.scope.split())
+    allowed = {"system/AuditEvent.c", "system/AuditEvent.write"} if write else {
+        "system/AuditEvent.rs", "system/AuditEvent.read"}
+    if not token.is_backend or not scopes & allowed:
+        needed = "system/AuditEvent.c" if write else "system/AuditEvent.rs"
+        raise FhirProblem(403, "forbidden", f"AuditEvents need a backend-services token with {needed}.")
+
+
+def _audit_repository(bp: Blueprint, base_of: Callable[[], str]) -> None:
+    """POST /AuditEvent (FHIR R4 create, §3.1.0.7) and GET /AuditEvent (all of them, newest last)."""
+
+    @bp.post("/AuditEvent")
+    def create_audit_event():
+        if (disturbed := runtime().disturb("ehr")) is not None:
+            return disturbed
+        _audit_access(authenticate("ehr"), write=True)
+        body = request.get_json(silent=True, force=True)
+        if not isinstance(body, dict) or body.get("resourceType") != "AuditEvent":
+            raise FhirProblem(400, "invalid", "The body must be a FHIR AuditEvent resource (application/fhir+json).")
+        for required in ("type", "recorded", "agent", "source"):
+            if required not in body:
+                raise FhirProblem(400, "required", f"AuditEvent.{required} is required (FHIR R4 AuditEvent).")
+        rt = runtime()
+        resource = {**body, "id": secrets.token_hex(8)}
+        rt.audit_events.append(resource)
+        del rt.audit_events[:-AUDIT_EVENTS_KEPT]
+        return fhir_response(resource, 201, {"Location": f"{base_of()}/AuditEvent/{resource['id']}"})
+
+    @bp.get("/AuditEvent")
+    def list_audit_events():
+        _audit_access(authenticate("ehr"), write=False)
+        patient = request.args.get("patient")
+        found = [e for e in runtime().audit_events if patient is None or any(
+            (ent.get("what") or {}).get("reference") == f"Patient/{patient}" for ent in e.get("entity", []))]
+        return fhir_response({"resourceType": "Bundle", "type": "searchset", "total": len(found),
+                              "entry": [{"fullUrl": f"{base_of()}/AuditEvent/{e['id']}", "resource": e,
+                                         "search": {"mode": "match"}} for e in found]})

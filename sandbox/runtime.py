@@ -38,6 +38,7 @@ class SandboxRuntime:
     ehr: ResourceIndex = field(default_factory=ResourceIndex)
     outside: ResourceIndex = field(default_factory=ResourceIndex)
     pacs_by_uid: dict[str, SandboxStudy] = field(default_factory=dict)
+    audit_events: list[dict] = field(default_factory=list)  # AuditEvents apps forwarded (newest last)
 
     @property
     def scopes_supported(self) -> tuple[str, ...]:

@@ -37,7 +37,8 @@ def make_sandbox(app_url: str, **options: Any) -> Flask:
                           token_endpoint_auth_method="private_key_jwt", jwks_uri=jwks_uri,
                           grant_types=("client_credentials",)),
         ),
-        **options,
+        # The sandbox is also the EHR calling the app's CDS Hooks services (sandbox/cds_client.py).
+        **{"cds_services_url": f"{app_url}/cds-services", **options},
     ))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -150,3 +151,21 @@ def browser():
         chromium = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         yield chromium
         chromium.close()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[str]:
+    """A real PostgreSQL (Debian `postgresql`) on a free loopback port, for the PostgreSQL audit store."""
+    from postgres import binaries, running_postgres
+
+    need("PostgreSQL", binaries() is not None, "apt-get install postgresql")
+    with running_postgres() as url:
+        yield url
+
+
+@pytest.fixture
+def postgres_url(postgres_server: str) -> str:
+    """An empty database of its own on the shared server."""
+    from postgres import fresh_database
+
+    return fresh_database(postgres_server)

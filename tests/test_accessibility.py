@@ -5,8 +5,8 @@ axe-core is a test tool only (never served by the app): `.ci/test` installs it f
 context bypasses CSP here and nowhere else. Pages: the start page, the 401 error page, and the
 timeline after its stream finished (full window with the patient banner and the "Needs attention"
 strip, with a filter applied, with a report panel open, in dark mode, in a 600 px chart frame with
-the filters open and a search typed, and inside the sandbox chart's iframe, where only the app's frame is audited: the
-chart stands in for a third-party EHR).
+the filters open and a search typed, and inside the sandbox chart's iframe, where only the app's frame
+is audited: the chart stands in for a third-party EHR), and the operations page /admin/time-to-image.
 
 Besides the WCAG 2.0/2.1 A and AA rules, axe's "best-practice" rules run too: they are where axe
 checks semantic structure (one banner and one main landmark, content inside landmarks, heading levels).
@@ -192,4 +192,8 @@ def test_timeline_with_a_report_panel_open(page, demo):
     panel = page.locator("[data-report-panel]")
     panel.locator(".report-body[aria-busy='false']").wait_for(timeout=15_000)
     assert panel.get_attribute("role") == "region" and panel.get_attribute("aria-labelledby")
+
+def test_operations_page(page, demo):
+    launch_full_window(page, demo, "pat-amy")  # so there are measurements to plot
+    page.goto(f"{demo.base_url}/admin/time-to-image")
     assert_accessible(page)
