@@ -403,10 +403,8 @@ def record_access() -> Response:
     compare_uid = data["compare_uid"][:128] if isinstance(data.get("compare_uid"), str) else None
     if not _was_shown(session, uid, archive_id) or (compare_uid and not _was_shown(session, compare_uid, archive_id)):
         raise FhirNotFound("No such study in this patient's timeline.")
-    # A compare opens two studies: both are recorded, each only if this timeline showed it.
-    compare = data.get("compare_uid")
-    opened = [uid, *([compare[:128]] if isinstance(compare, str) and _was_shown(session, compare[:128], archive_id)
-                     else [])]
+    # A compare opens two studies: both are recorded (both were checked above).
+    opened = [uid, *([compare_uid] if compare_uid else [])]
     audit.record("open-viewer", session, studies=opened, archive=archive_id)
     entry = {
         "time": datetime.now(UTC).isoformat(timespec="seconds"),

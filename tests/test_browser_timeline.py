@@ -301,6 +301,7 @@ def test_filters_work_from_the_keyboard(page, demo):
 def test_stylesheet_and_modules_are_same_origin_files(page, demo):
     launch(page, demo, "pat-amy")
     scripts = page.locator("script[src]").evaluate_all("s => s.map(e => [e.type, new URL(e.src).pathname])")
-    assert scripts == [["module", "/static/timeline/main.js"], ["module", "/static/report-panel.js"]]
+    assert scripts == [["module", "/static/timeline/main.js"], ["module", "/static/report-panel.js"],
+                       ["", "/static/ttfi.js"]]
     assert re.search(r"script-src 'self'", page.evaluate("""async () =>
         (await fetch(location.href)).headers.get('content-security-policy')"""))

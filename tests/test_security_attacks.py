@@ -102,9 +102,11 @@ def test_every_post_route_refuses_a_cross_site_request(ehr, tmp_path):
                       "SESSION_STORE": f"sqlite:///{tmp_path / 's.db'}", "ARCHIVES": ()})
     posts = sorted(r.rule for r in app.url_map.iter_rules() if "POST" in (r.methods or ()))
     # A new POST route needs a line here.
-    assert posts == ["/api/access-log", "/api/attention/ack", "/callback", "/logout"]
+    assert posts == ["/api/access-log", "/api/attention/ack", "/api/timings", "/callback", "/cds-services/<service_id>",
+                     "/cds-services/<service_id>/feedback", "/logout"]
     client = app.test_client()
     for rule in posts:
+        rule = rule.replace("<service_id>", "imaging-timeline-patient-view")
         # A cross-site form post: what another site can make a clinician's browser send.
         resp = client.post(rule, data={"state": "s", "uid": "1.2", "archive": "pacs"},
                            headers={"Sec-Fetch-Site": "cross-site", "Origin": "http://evil.example"})
