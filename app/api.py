@@ -16,6 +16,7 @@ from .archives.base import ArchiveClient, LinkedOrder, LinkedReport, raise_for_s
 from .archives.config import ArchiveConfig, ViewerConfig, discover_archives
 from .errors import AppError, ArchiveError, FhirNotFound, LaunchError
 from .federation import federation, link, merge_studies
+from .gateway import base_for_request
 from .http import Deadline
 from .launch import discovery
 from .models import ArchiveStatus, Study
@@ -81,7 +82,9 @@ def study_view(study: Study, session: SmartSession, archives: dict[str, ArchiveC
     view["region_label"] = priors.region_label(view["region"])
     view["attention"] = priors.attention(study)
     viewers = {aid: _viewer_table(a, a.viewer) for aid, a in archives.items() if a.viewer is not None}
-    view["viewers"] = viewer_links(study, viewers, patient_id=None)
+    through = any(v.get("via") == "gateway" for v in viewers.values())
+    view["viewers"] = viewer_links(study, viewers, patient_id=None,
+                                   gateway=base_for_request(session) if through else None)
     view["thumbnail"] = _thumbnail_url(study, archives)
     view["current"] = study.uid == current_uid
     view["source_names"] = [archives[s].name if s in archives else s for s in study.sources]
@@ -89,7 +92,7 @@ def study_view(study: Study, session: SmartSession, archives: dict[str, ArchiveC
 
 
 def _viewer_table(archive: ArchiveConfig, viewer: ViewerConfig) -> dict[str, Any]:
-    table: dict[str, Any] = {"kind": viewer.kind, "url": viewer.url}
+    table: dict[str, Any] = {"kind": viewer.kind, "url": viewer.url, "via": viewer.via}
     if archive.issuer_of_patient_id:
         table["issuer_of_patient_id"] = archive.issuer_of_patient_id
     if archive.kind == "dicomweb":
@@ -124,6 +127,11 @@ def _remember_shown(session: SmartSession, studies: list[Study]) -> None:
         archives.update(study.sources)
         archives.update(e.archive_id for e in study.endpoints)
         shown["studies"][study.uid] = sorted(archives)
+        # For the DICOMweb gateway (app/gateway.py), which re-verifies archives' answers: the
+        # PatientID each archive matched on, and the archives the guard checked the study in.
+        shown.setdefault("ids", {}).update({aid: i.value for aid, i in study.matched_ids.items()})
+        sourced = shown.setdefault("sourced", {})
+        sourced[study.uid] = sorted({*sourced.get(study.uid, ()), *study.sources})
     store().put(key, shown, current_app.config["SESSION_TTL_S"])
 
 

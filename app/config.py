@@ -33,6 +33,8 @@ ENV_KEYS = {
     "IMAGING_TIMELINE_KEY_FILE": "PRIVATE_KEY_FILE",  # PEM for private_key_jwt; else generated
     "IMAGING_ACCESS_LOG": "ACCESS_LOG_FILE",  # where viewer openings are recorded
     "IMAGING_SESSION_KEY_FILE": "SESSION_KEY_FILE",  # Fernet key encrypting session records at rest
+    "IMAGING_GATEWAY_CAPABILITY_TTL_S": "GATEWAY_CAPABILITY_TTL_S",  # viewer links' lifetime (seconds)
+    "IMAGING_GATEWAY_CORS_ORIGINS": "GATEWAY_CORS_ORIGINS",  # extra viewer origins, comma-separated
 }
 
 DEFAULTS: dict[str, Any] = {
@@ -53,6 +55,14 @@ DEFAULTS: dict[str, Any] = {
     "FEDERATION_DEADLINE_S": 30.0,
     "PREFETCH_SEARCH": True,  # start the archive searches when /timeline is served
     "FRAME_ANCESTORS": None,  # extra CSP frame-ancestors origins beyond the allow-listed issuers
+    # The DICOMweb gateway (app/gateway.py): capability lifetime, extra CORS origins beyond the
+    # gateway viewers' own, a per-answer cap for streamed pixel data, and a cap for metadata.
+    "GATEWAY_CAPABILITY_TTL_S": 2 * 3600,
+    "GATEWAY_CORS_ORIGINS": None,
+    "GATEWAY_MAX_RESPONSE_BYTES": 4 * 1024**3,
+    "GATEWAY_METADATA_MAX_BYTES": 256 * 1024**2,
+    "GATEWAY_DEADLINE_S": 300.0,
+    "GATEWAY_AUDIT": None,  # a callable(event, fields); None: JSON lines on the app.audit logger
 }
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -113,3 +113,44 @@ def _human(n: int) -> str:
     if n >= 1024 and n % 1024 == 0:
         return f"{n // 1024} kB"
     return f"{n} bytes"
+
+
+class StreamedAnswer:
+    """An HTTP response whose body is read lazily, chunk by chunk, under the same caps as `fetch`.
+
+    For pixel data (DICOMweb frames, instances, bulk data), which must reach a viewer without being
+    buffered whole: at most one chunk is held at a time, the byte count is checked as it grows, and
+    every read waits at most `min(timeout, time left)`. Past `max_bytes` or the deadline the
+    stream stops and the connection is closed (the client sees a short body, never a partial
+    answer presented as complete: the Content-Length it was promised is then not met).
+    """
+
+    def __init__(self, resp: requests.Response, *, deadline: Deadline, timeout: float, max_bytes: int) -> None:
+        self.resp, self.deadline, self.timeout, self.max_bytes = resp, deadline, timeout, max_bytes
+        self.status: int = resp.status_code
+        self.headers: Mapping[str, str] = resp.headers
+        self.cut = False  # whether the cap or the deadline stopped the body early
+
+    def iter_bytes(self) -> Iterator[bytes]:
+        """The body as sent (any Content-Encoding kept), then the connection is released."""
+        size = 0
+        try:
+            for chunk in self.resp.raw.stream(CHUNK, decode_content=False):
+                size += len(chunk)
+                if size > self.max_bytes or self.deadline.expired():
+                    self.cut = True
+                    return
+                yield chunk
+        finally:
+            self.resp.close()
+
+    def close(self) -> None:
+        self.resp.close()
+
+
+def open_stream(http: requests.Session, url: str, *, deadline: Deadline, timeout: float, max_bytes: int,
+                params: Any = None, headers: Mapping[str, str] | None = None) -> StreamedAnswer:
+    """A GET whose body is streamed (see StreamedAnswer); redirects are never followed, as in `fetch`."""
+    resp = http.get(url, params=params, headers=dict(headers or {}), timeout=deadline.timeout(timeout),
+                    stream=True, allow_redirects=False)
+    return StreamedAnswer(resp, deadline=deadline, timeout=timeout, max_bytes=max_bytes)
