@@ -63,7 +63,7 @@ def viewer_via_gateway():
                                                        "includefield": "StudyDescription"},
                             headers={"Accept": DICOM_JSON}, timeout=10)
         found.raise_for_status()
-        studies = []
+        studies: list[dict[str, Any]] = []
         for item in found.json():
             uid = _first(item, "0020000D")
             series = rt.http.get(f"{base}/studies/{uid}/series", headers={"Accept": DICOM_JSON}, timeout=10)
@@ -86,5 +86,5 @@ def viewer_via_gateway():
         return render_template("sandbox/error.html", status=404, title="No such study",
                                message="None of the requested studies is served by this gateway."), 404
     order = {u: n for n, u in enumerate(uids)}
-    studies.sort(key=lambda s: order.get(s["uid"], len(order)))
+    studies.sort(key=lambda s: order.get(str(s["uid"]), len(order)))
     return render_template("sandbox/viewer_gateway.html", studies=studies)
