@@ -277,7 +277,10 @@ def _patient_ok(item: Mapping[str, Any], scope: Scope, archive_id: str, uid: str
         return not required
     if pid.rstrip(" ") not in expected:
         return False
-    return issuer is None or _first(item, ISSUER) == issuer
+    found = _first(item, ISSUER)
+    if issuer is None or (found is None and not required):  # series/instance level: issuer not returned
+        return True
+    return found == issuer
 
 
 def _rewrite_bulk(node: Any, archive_base: str, gateway_base: str) -> Any:
@@ -325,8 +328,18 @@ def _json_list(scope: Scope, archive_id: str, path: str, params: list[tuple[str,
 
 
 def _forwarded(args: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
-    """The viewer's QIDO parameters minus the scoping keys (named by keyword or by tag)."""
-    return [(k, v) for k, v in args if _keyword(k) not in SCOPING_KEYS]
+    """The viewer's QIDO parameters minus the scoping keys (named by keyword or by tag).
+
+    `includefield=a,b` (PS3.18 §8.3.4.3 allows the list; OHIF sends it) goes out as repeated
+    `includefield`s: Orthanc 1.10 silently ignores the comma-separated form.
+    """
+    out: list[tuple[str, str]] = []
+    for k, v in args:
+        if k == "includefield":
+            out += [(k, part) for part in v.split(",") if part]
+        elif _keyword(k) not in SCOPING_KEYS:
+            out.append((k, v))
+    return out
 
 
 def _keyword(name: str) -> str:

@@ -20,7 +20,7 @@ Per archive, ``via`` chooses where the viewer fetches images (`[archive.viewer] 
 * ``gateway``: from the app's patient-scoped DICOMweb gateway (app/gateway.py), whose absolute base
   ``…/dicomweb/<capability>`` the link carries as ``gateway``. OHIF v3 opens it with its released
   ``dicomwebproxy`` data source, which reads a DICOMweb configuration from a URL:
-  ``{url}/viewer/dicomwebproxy?url=<gateway>/ohif-config.json&StudyInstanceUIDs=<uid>`` (verified
+  ``{url}/viewer/dicomwebproxy?url=<gateway>/ohif-config.json&studyInstanceUIDs=<uid>[;<prior>]`` (verified
   with @ohif/app 3.12 in tests/test_ohif.py); Weasis gets the gateway as its ``--url``; a ``url``
   template may use ``{gateway}``. IID has no DICOMweb parameter (the IID viewer fetches from its
   own PACS), so ``via = "gateway"`` is refused for it. Without a gateway base no link is made: a
@@ -143,10 +143,12 @@ def viewer_link(study: Study, archive_id: str, viewer: Mapping[str, Any] | Any, 
         link["gateway"] = gateway
         if kind == "ohif":
             # OHIF v3 `dicomwebproxy` data source: `url` names a JSON {"servers": {"dicomWeb": [...]}}.
+            # Verified with @ohif/app 3.12.10: that data source reads `studyInstanceUIDs` (lower-case
+            # s; `StudyInstanceUIDs` is refused), a list separated by ";" (not ",").
             base = (url.rstrip("/") + "/viewer/dicomwebproxy?url=" + _q(gateway + OHIF_GATEWAY_CONFIG)
-                    + "&StudyInstanceUIDs=")
+                    + "&studyInstanceUIDs=")
             link["url"] = base + _q(uid)
-            link["compare_url_template"] = base + _q(uid) + "," + PRIOR_PLACEHOLDER
+            link["compare_url_template"] = base + _q(uid) + ";" + PRIOR_PLACEHOLDER
             return link
         if kind == "weasis":
             dicomweb_url = gateway

@@ -4,7 +4,7 @@ It answers OHIF v3's URL shapes and lays the studies side by side (current and p
 series as a rendered image. It is not a diagnostic viewer and says so.
 
 * `/viewer/ohif/viewer?StudyInstanceUIDs=<uid>[,<uid>]`: straight from the sandbox archive.
-* `/viewer/ohif/viewer/dicomwebproxy?url=<config>&StudyInstanceUIDs=…`: like OHIF's `dicomwebproxy`
+* `/viewer/ohif/viewer/dicomwebproxy?url=<config>&studyInstanceUIDs=…`: like OHIF's `dicomwebproxy`
   data source, it reads `servers.dicomWeb[0]` from `url` (the app's gateway, same origin only)
   and asks that DICOMweb service for everything: QIDO-RS for the studies and series, WADO-RS
   rendered for the images, which the browser then fetches from the gateway too.
@@ -12,6 +12,7 @@ series as a rendered image. It is not a diagnostic viewer and says so.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -50,7 +51,8 @@ def _all(item: dict[str, Any], tag: str) -> list[str]:
 def viewer_via_gateway():
     rt = runtime()
     config_url = request.args.get("url", "")
-    uids = [u for u in request.args.get("StudyInstanceUIDs", "").split(",") if u][:4]
+    asked = request.args.get("studyInstanceUIDs") or request.args.get("StudyInstanceUIDs") or ""
+    uids = [u for u in re.split(r"[;,]", asked) if u][:4]  # OHIF's dicomwebproxy: ";"-separated
     here = urlsplit(request.host_url)
     if urlsplit(config_url).netloc != here.netloc or not uids:
         return render_template("sandbox/error.html", status=400, title="Not a gateway link",
