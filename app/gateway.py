@@ -126,7 +126,7 @@ class Scope:
     session: SmartSession
     studies: Mapping[str, tuple[str, ...]]  # study UID -> DICOMweb archive ids holding it, in config order
     archives: Mapping[str, ArchiveConfig]  # the DICOMweb archives of this launch
-    patient_ids: Mapping[str, str]  # archive id -> this patient's PatientID there (when known)
+    patient_ids: Mapping[str, str]  # archive id -> this patient's identifier value there (when known)
     sourced: Mapping[str, frozenset[str]]  # study UID -> archives whose answer the guard checked
     base: str  # the gateway's absolute base URL for this capability
 
@@ -212,7 +212,8 @@ def _scope(token: str) -> Scope:
     order = list(archives)
     studies = {uid: tuple(sorted((a for a in held if a in archives), key=order.index))
                for uid, held in (shown.get("studies") or {}).items()}
-    patient_ids = {aid: v for aid, v in (shown.get("ids") or {}).items() if aid in archives and isinstance(v, str)}
+    # Every archive's id for the patient, FHIR ones too: a PACS copy of an outside record carries the outside id.
+    patient_ids = {aid: v for aid, v in (shown.get("ids") or {}).items() if isinstance(v, str)}
     for aid, archive in archives.items():
         if aid not in patient_ids:
             try:
