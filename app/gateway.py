@@ -284,22 +284,37 @@ def _patient_ok(item: Mapping[str, Any], scope: Scope, archive_id: str, uid: str
     return found == issuer
 
 
-def _rewrite_bulk(node: Any, archive_base: str, gateway_base: str) -> Any:
-    """BulkDataURIs into the archive point at the gateway instead; any other one is dropped (PS3.18 §F.2.6)."""
+def _rewrite_urls(node: Any, archive_base: str, gateway_base: str) -> Any:
+    """URLs into the archive point at the gateway instead; any other absolute one is dropped.
+
+    Covers BulkDataURI (PS3.18 §F.2.6) and UR values such as RetrieveURL (0008,1190), which QIDO
+    answers carry: the browser must never be sent to the archive itself.
+    """
     if isinstance(node, list):
-        return [_rewrite_bulk(v, archive_base, gateway_base) for v in node]
+        return [_rewrite_urls(v, archive_base, gateway_base) for v in node]
     if not isinstance(node, dict):
         return node
     out: dict[str, Any] = {}
     for key, value in node.items():
         if key == "BulkDataURI" and isinstance(value, str):
-            if value.startswith(archive_base + "/"):
-                out[key] = gateway_base + value[len(archive_base):]
-            elif not urlsplit(value).scheme and not value.startswith("//"):
-                out[key] = value  # relative: resolves against the gateway
+            moved = _moved(value, archive_base, gateway_base)
+            if moved is not None:
+                out[key] = moved
             continue
-        out[key] = _rewrite_bulk(value, archive_base, gateway_base)
+        if key == "Value" and node.get("vr") == "UR" and isinstance(value, list):
+            out[key] = [m for m in (_moved(v, archive_base, gateway_base) for v in value if isinstance(v, str))
+                        if m is not None]
+            continue
+        out[key] = _rewrite_urls(value, archive_base, gateway_base)
     return out
+
+
+def _moved(url: str, archive_base: str, gateway_base: str) -> str | None:
+    if url == archive_base or url.startswith(archive_base + "/"):
+        return gateway_base + url[len(archive_base):]
+    if not urlsplit(url).scheme and not url.startswith("//"):
+        return url  # relative: resolves against the gateway
+    return None
 
 
 # --- talking to archives ---------------------------------------------------------------------------
@@ -424,7 +439,8 @@ def _qido_studies(scope: Scope, deadline: Deadline) -> Response:
             if not _patient_ok(item, scope, archive_id, uid, required=True):
                 failed_verification += 1
                 continue
-            found.setdefault(uid, item)  # the first archive in configuration order wins
+            # The first archive in configuration order wins.
+            found.setdefault(uid, _rewrite_urls(item, scope.archive_base(archive_id), scope.base))
     if failed_verification:
         audit("answer-withheld", scope.cap, count=failed_verification, level="study")
     return _dicom_json(_page(list(found.values())))
@@ -454,7 +470,8 @@ def _qido_below(scope: Scope, path: str, uid: str, key: str, deadline: Deadline)
             if (study is not None and study != uid) or not _patient_ok(item, scope, archive_id, uid, required=False):
                 audit("answer-withheld", scope.cap, study=uid, level=path.rsplit("/", 1)[-1])
                 continue
-            merged.setdefault(_first(item, key) or str(len(merged)), item)
+            merged.setdefault(_first(item, key) or str(len(merged)),
+                              _rewrite_urls(item, scope.archive_base(archive_id), scope.base))
     if not answered and not merged:
         raise GatewayNotFound("No such study in the archive.")
     return _dicom_json(_page(list(merged.values())))
@@ -483,7 +500,7 @@ def _metadata(scope: Scope, path: str, uid: str, deadline: Deadline) -> Response
                 if _first(item, STUDY_UID) == uid and _patient_ok(item, scope, archive_id, uid, required=True)]
         if len(kept) < len(items):
             audit("answer-withheld", scope.cap, study=uid, level="metadata", count=len(items) - len(kept))
-        return _dicom_json(_rewrite_bulk(kept, scope.archive_base(archive_id), scope.base))
+        return _dicom_json(_rewrite_urls(kept, scope.archive_base(archive_id), scope.base))
     raise GatewayNotFound("No such study in the archive.")
 
 

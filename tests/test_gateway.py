@@ -63,9 +63,11 @@ def test_qido_studies_answers_exactly_the_timelines_dicomweb_studies(env, amy):
     browser, base = amy
     timeline = env.studies(browser)["studies"]
     reachable = {s["uid"] for s in timeline if any("gateway" in v for v in s["viewers"])}
-    answered = uids(requests.get(f"{base}/studies", headers=DICOM_JSON, timeout=30))
+    answer = requests.get(f"{base}/studies", headers=DICOM_JSON, timeout=30)
+    answered = uids(answer)
     assert env.amy in answered
     assert answered == reachable
+    assert env.orthanc not in answer.text, "RetrieveURLs point at the gateway, not the archive"
     assert not {env.other_issuer, env.case_variant} & answered
 
 
