@@ -542,7 +542,9 @@
     if (!current || !Array.isArray(current.viewers) || !Array.isArray(view.viewers)) return null;
     for (const link of current.viewers) {
       if (!link || link.kind !== 'ohif' || typeof link.compare_url_template !== 'string') continue;
-      const shared = view.viewers.some((v) => v && v.kind === 'ohif' && v.archive === link.archive);
+      // The same archive's viewer, or the same gateway (one viewer session across archives).
+      const shared = view.viewers.some((v) => v && v.kind === 'ohif'
+        && (v.archive === link.archive || (link.gateway && v.gateway === link.gateway)));
       if (!shared) continue;
       const url = safeLink(link.compare_url_template.split('{prior_uid}').join(encodeURIComponent(view.uid)));
       if (url) return { url, archive: str(link.archive) };
