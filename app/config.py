@@ -62,6 +62,7 @@ DEFAULTS: dict[str, Any] = {
     "GATEWAY_MAX_RESPONSE_BYTES": 4 * 1024**3,
     "GATEWAY_METADATA_MAX_BYTES": 256 * 1024**2,
     "GATEWAY_DEADLINE_S": 300.0,
+    "GATEWAY_SCOPE_CACHE_S": 2.0,  # per process: how long a capability's session and studies are reused
     "GATEWAY_AUDIT": None,  # a callable(event, fields); None: JSON lines on the app.audit logger
 }
 

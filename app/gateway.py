@@ -14,7 +14,7 @@ leave the server:
   BulkDataURI that points into the archive rewritten to the gateway (so the browser never fetches
   from the archive itself); one that points elsewhere is dropped.
 * WADO-RS instances, frames, bulk data, rendered and thumbnail: streamed (app.http.open_stream:
-  one 64 kB chunk at a time, a per-response cap `GATEWAY_MAX_RESPONSE_BYTES`, default 4 GiB, and
+  one 256 kB chunk at a time, a per-response cap `GATEWAY_MAX_RESPONSE_BYTES`, default 4 GiB, and
   a deadline), with `Range`, `Accept` and the multipart body passed through untouched.
 * WADO-URI (PS3.18 §9) for rendered images (`contentType=image/jpeg|image/png`), answered by the
   WADO-RS rendered resource; `application/dicom` is refused (406): no viewer we link needs it.
@@ -38,9 +38,11 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -69,6 +71,7 @@ DEFAULT_MAX_BYTES = 4 * 1024**3  # one streamed answer (a whole-study retrieve c
 DEFAULT_METADATA_BYTES = 256 * 1024**2  # WADO-RS metadata is read whole to be verified
 DEFAULT_QIDO_BYTES = 32 * 1024**2
 THUMBNAIL_VIEWPORT = "128,128"
+SCOPE_CACHE_SIZE = 1024
 PASSED_HEADERS = ("Content-Type", "Content-Length", "Content-Range", "Accept-Ranges", "Content-Encoding",
                   "ETag", "Last-Modified")
 PASSED_STATUS = {200, 204, 206, 304, 400, 404, 406, 416}
@@ -146,6 +149,9 @@ class Gateway:
     qido_max_bytes: int = DEFAULT_QIDO_BYTES
     deadline_s: float = 300.0
     audit: AuditHook = field(default=log_audit)
+    scope_cache_s: float = 2.0
+    scopes: dict[str, tuple[float, Scope]] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
     def base_for(self, session: SmartSession) -> str:
         """The absolute `…/dicomweb/<capability>` base for this session (issued or reused)."""
@@ -192,13 +198,30 @@ def _refuse(event: str, cap: Capability | None, exc: AppError, **fields: Any) ->
 
 
 def _scope(token: str) -> Scope:
-    from .api import archives_for  # the launch's archives (configured + discovered) are the API's
-
+    """The capability (read from the store on every request, so a revocation applies at once) and
+    what it reaches (session, guarded studies, archives: kept for `scope_cache_s` per process, as a
+    viewer fetches hundreds of frames a second and each would otherwise re-read two records)."""
+    service = gateway()
     try:
-        cap = gateway().capabilities.resolve(token)
+        cap = service.capabilities.resolve(token)
     except CapabilityRefused as exc:
         raise _refuse("capability-refused", None, exc, reason=exc.reason,
                       capability=f"sha256:{_digest(token)}") from None
+    now = time.monotonic()
+    cached = service.scopes.get(cap.digest)
+    if cached is not None and cached[0] > now and cached[1].cap.token == token:
+        return replace(cached[1], cap=cap)
+    scope = _load_scope(cap, token)
+    with service.lock:
+        if len(service.scopes) >= SCOPE_CACHE_SIZE:
+            service.scopes.clear()
+        service.scopes[cap.digest] = (now + service.scope_cache_s, scope)
+    return scope
+
+
+def _load_scope(cap: Capability, token: str) -> Scope:
+    from .api import archives_for  # the launch's archives (configured + discovered) are the API's
+
     record = store().get(f"session:{cap.session_id}")
     session = SmartSession.from_record(cap.session_id, record) if record else None
     if session is None or session.patient.id != cap.patient_id:
@@ -552,12 +575,22 @@ def _relay(answer: Any, archive_id: str) -> Response:
     headers = {k: answer.headers[k] for k in PASSED_HEADERS if k in answer.headers}
     headers["Cache-Control"] = "private, max-age=600"
 
+    _no_delay(request.environ)
+
     def body() -> Iterator[bytes]:
         yield from answer.iter_bytes()
         if answer.cut:
             log.warning("gateway: answer from archive %s cut at the size cap or deadline", archive_id)
 
     return Response(body(), status=answer.status, headers=headers, direct_passthrough=True)
+
+
+def _no_delay(environ: Mapping[str, Any]) -> None:
+    """TCP_NODELAY on the viewer's connection: a streamed answer is written in many small writes,
+    which Nagle's algorithm would hold back for the client's delayed ACK (as in api.stream)."""
+    from .api import _no_delay as no_delay
+
+    no_delay(dict(environ))
 
 
 def _wado_uri(scope: Scope, deadline: Deadline) -> Response:
@@ -685,6 +718,7 @@ def init_app(app: Flask) -> None:
         metadata_max_bytes=int(app.config.get("GATEWAY_METADATA_MAX_BYTES") or DEFAULT_METADATA_BYTES),
         deadline_s=float(app.config.get("GATEWAY_DEADLINE_S") or 300.0),
         audit=hook,
+        scope_cache_s=float(app.config.get("GATEWAY_SCOPE_CACHE_S", 2.0)),
     )
     app.register_blueprint(bp)
 

@@ -14,6 +14,7 @@ import requests
 from .errors import ResponseTooLarge
 
 CHUNK = 64 * 1024
+STREAM_CHUNK = 256 * 1024  # relayed pixel data: fewer, larger writes (a 512x512 16-bit frame is 512 kB)
 
 
 def origin(url: str) -> tuple[str, str, int | None]:
@@ -119,7 +120,7 @@ class StreamedAnswer:
     """An HTTP response whose body is read lazily, chunk by chunk, under the same caps as `fetch`.
 
     For pixel data (DICOMweb frames, instances, bulk data), which must reach a viewer without being
-    buffered whole: at most one chunk is held at a time, the byte count is checked as it grows, and
+    buffered whole: at most one chunk (256 kB) is held at a time, the byte count is checked as it grows, and
     every read waits at most `min(timeout, time left)`. Past `max_bytes` or the deadline the
     stream stops and the connection is closed (the client sees a short body, never a partial
     answer presented as complete: the Content-Length it was promised is then not met).
@@ -133,16 +134,22 @@ class StreamedAnswer:
 
     def iter_bytes(self) -> Iterator[bytes]:
         """The body as sent (any Content-Encoding kept), then the connection is released."""
-        size = 0
+        size, done = 0, False
         try:
-            for chunk in self.resp.raw.stream(CHUNK, decode_content=False):
+            for chunk in self.resp.raw.stream(STREAM_CHUNK, decode_content=False):
                 size += len(chunk)
                 if size > self.max_bytes or self.deadline.expired():
                     self.cut = True
                     return
                 yield chunk
+            done = True
         finally:
-            self.resp.close()
+            if done:
+                # Read to the end: the connection goes back to the pool (close() would drop it,
+                # and a new TCP connection per frame costs more than the relay itself).
+                self.resp.raw.release_conn()
+            else:
+                self.resp.close()
 
     def close(self) -> None:
         self.resp.close()

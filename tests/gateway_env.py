@@ -86,14 +86,14 @@ class GatewayEnv:
 
 
 @contextmanager
-def gateway_env(workdir: Path, *, viewer_url: str = "https://viewer.example", images: int = 3,
+def gateway_env(workdir: Path, *, viewer_url: str = "https://viewer.example", images: int = 3, size: int = 256,
                 app_options: dict[str, Any] | None = None) -> Iterator[GatewayEnv]:
-    """Orthanc (Amy's CT with `images` slices, and the traps) plus the demo with Orthanc as an extra archive."""
+    """Orthanc (Amy's CT: `images` slices of `size`², and the traps) plus the demo with Orthanc as an extra archive."""
     amy, other, variant = AMY_CT.with_uid(), OTHER_ISSUER.with_uid(), CASE_VARIANT.with_uid()
     events: list[tuple[str, dict[str, Any]]] = []
     (workdir / "orthanc").mkdir()
     with running_orthanc(workdir / "orthanc") as root:
-        upload_files(root, image_series(amy, images) + image_series(other, 2) + image_series(variant, 2))
+        upload_files(root, image_series(amy, images, size) + image_series(other, 2) + image_series(variant, 2))
         options = {"APP_KEYS": KEYS, "SESSION_STORE": f"sqlite:///{workdir / 'sessions.db'}",
                    "GATEWAY_AUDIT": lambda event, fields: events.append((event, fields)), **(app_options or {})}
         with serve_demo(app_options=options, extra_archives=orthanc_archive(f"{root}/dicom-web", viewer_url)) as demo:
