@@ -50,6 +50,7 @@ import requests
 from flask import Blueprint, Flask, Response, current_app, g, jsonify, request, url_for
 from pydicom.datadict import keyword_for_tag, tag_for_keyword
 from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
 
 from .archives.base import ArchiveClient
 from .archives.config import ArchiveConfig
@@ -696,13 +697,26 @@ def viewer_origins(archives: Iterable[ArchiveConfig]) -> set[str]:
     return found
 
 
+def archive_http() -> requests.Session:
+    """The gateway's session to the archives: pooled keep-alive connections (32 per archive).
+
+    A GET on a pooled connection the archive has just closed (Orthanc keeps idle ones for 1 s) is
+    sent once more on a fresh one: GET is idempotent and nothing has reached the viewer yet. There
+    is never a retry once an answer has started, and redirects are still not followed.
+    """
+    http = requests.Session()
+    retry = Retry(total=1, connect=1, read=1, status=0, other=0, allowed_methods={"GET"}, redirect=0,
+                  raise_on_redirect=False, raise_on_status=False)
+    for scheme in ("http://", "https://"):
+        http.mount(scheme, HTTPAdapter(pool_connections=8, pool_maxsize=32, max_retries=retry))
+    return http
+
+
 def init_app(app: Flask) -> None:
     """Attach the gateway (after session_store and federation) and register its blueprint."""
     from .federation import federation
 
-    http = requests.Session()
-    http.mount("http://", HTTPAdapter(pool_connections=8, pool_maxsize=32))
-    http.mount("https://", HTTPAdapter(pool_connections=8, pool_maxsize=32))
+    http = archive_http()
     with app.app_context():
         archives = federation().archives
     extra = app.config.get("GATEWAY_CORS_ORIGINS") or ()

@@ -32,6 +32,8 @@ from pathlib import Path
 
 import requests
 from _common import ROOT, WsgiTimer, machine, median, p90, table, timed, write_section
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
 
 sys.path.insert(0, str(ROOT / "tests"))
 from gateway_env import gateway_env  # tests/ holds the Orthanc and demo wiring
@@ -48,9 +50,16 @@ def frame_paths(base: str, study: str) -> list[str]:
     return [f"studies/{study}/series/{series_uid}/instances/{i['00080018']['Value'][0]}/frames/1" for i in instances]
 
 
+def _session() -> requests.Session:
+    """Keep-alive, with one retry of a GET on a connection the server closed while idle (as a browser does)."""
+    http = requests.Session()
+    http.mount("http://", HTTPAdapter(max_retries=Retry(total=1, read=1, allowed_methods={"GET"})))
+    return http
+
+
 def fetch_all(base: str, paths: list[str], workers: int) -> int:
     """Every frame, `workers` keep-alive connections at once; returns the bytes received."""
-    sessions = [requests.Session() for _ in range(workers)]
+    sessions = [_session() for _ in range(workers)]
 
     def one(job: tuple[int, str]) -> int:
         n, path = job
@@ -74,7 +83,7 @@ def fetch_timed(base: str, paths: list[str], workers: int) -> tuple[float, int]:
 def per_frame(base: str, paths: list[str]) -> list[float]:
     """Each frame's round trip on one connection, in seconds."""
     out = []
-    with requests.Session() as http:
+    with _session() as http:
         for path in paths:
             seconds, _ = timed(lambda p=path: http.get(f"{base}/{p}", headers=ACCEPT, timeout=60).content)
             out.append(seconds)

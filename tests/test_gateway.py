@@ -529,3 +529,41 @@ def test_a_stream_never_follows_a_redirect(httpserver, other_host):
     assert answer.status == 302
     answer.close()
     assert other_host.log == []
+
+
+def test_a_pooled_connection_the_archive_closed_is_retried_once_on_a_fresh_one():
+    """Orthanc closes idle keep-alive connections after 1 s; the next GET on one must not fail."""
+    import socket
+    import threading
+
+    from app.gateway import archive_http
+    from app.http import Deadline, open_stream
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    connections = []
+
+    def serve() -> None:
+        # The race: the first connection answers once, then drops the next request sent on it
+        # without an answer (the archive closed it as idle just as the request went out).
+        first, _ = listener.accept()
+        connections.append(first)
+        first.recv(65536)
+        first.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\nok")
+        first.recv(65536)
+        first.close()
+        second, _ = listener.accept()
+        connections.append(second)
+        second.recv(65536)
+        second.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+        second.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}/frames/1"
+    http = archive_http()
+    bodies = []
+    for _ in range(2):
+        answer = open_stream(http, url, deadline=Deadline.after(10), timeout=5, max_bytes=1024)
+        bodies.append(b"".join(answer.iter_bytes()))
+    listener.close()
+    assert bodies == [b"ok", b"ok"]
+    assert len(connections) == 2
