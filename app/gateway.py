@@ -114,6 +114,14 @@ class GatewayNotFound(AppError):
     code = "gateway-not-found"
 
 
+class GatewayBadRequest(AppError):
+    """A request the gateway cannot parse (PS3.18 §8.3.4: an invalid query parameter is a 400)."""
+
+    status = 400
+    title = "Bad request"
+    code = "gateway-bad-request"
+
+
 class GatewayUpstreamError(AppError):
     """The archive holding the study failed or refused the gateway."""
 
@@ -401,7 +409,7 @@ def _int_arg(name: str) -> int | None:
     if value is None:
         return None
     if not value.isdigit():
-        raise GatewayNotFound(f'Argument "{name}" must be a non-negative integer (got "{value[:20]}").')
+        raise GatewayBadRequest(f'Argument "{name}" must be a non-negative integer (got "{value[:20]}").')
     return int(value)
 
 
@@ -409,6 +417,7 @@ def _int_arg(name: str) -> int | None:
 
 
 def _qido_studies(scope: Scope, deadline: Deadline) -> Response:
+    paging = _paging()
     args = list(request.args.items(multi=True))
     for pid in _asked(args, "PatientID"):
         if pid not in set(scope.patient_ids.values()):
@@ -467,11 +476,16 @@ def _qido_studies(scope: Scope, deadline: Deadline) -> Response:
             found.setdefault(uid, _rewrite_urls(item, scope.archive_base(archive_id), scope.base))
     if failed_verification:
         audit("answer-withheld", scope.cap, count=failed_verification, level="study")
-    return _dicom_json(_page(list(found.values())))
+    return _dicom_json(_page(list(found.values()), paging))
 
 
-def _page(items: list[Any]) -> list[Any]:
-    offset, limit = _int_arg("offset") or 0, _int_arg("limit")
+def _paging() -> tuple[int, int | None]:
+    """(offset, limit) of the viewer's query, applied to the guarded answer (read before any fan-out)."""
+    return _int_arg("offset") or 0, _int_arg("limit")
+
+
+def _page(items: list[Any], paging: tuple[int, int | None]) -> list[Any]:
+    offset, limit = paging
     items = items[offset:]
     return items[:limit] if limit is not None else items
 
@@ -479,6 +493,7 @@ def _page(items: list[Any]) -> list[Any]:
 def _qido_below(scope: Scope, path: str, uid: str, key: str, deadline: Deadline) -> Response:
     """Series or instances of one guarded study, merged across the archives holding it."""
     held = _study_in_scope(scope, uid)
+    paging = _paging()
     args = _forwarded(request.args.items(multi=True))
     merged: dict[str, Any] = {}
     answered = False
@@ -498,7 +513,7 @@ def _qido_below(scope: Scope, path: str, uid: str, key: str, deadline: Deadline)
                               _rewrite_urls(item, scope.archive_base(archive_id), scope.base))
     if not answered and not merged:
         raise GatewayNotFound("No such study in the archive.")
-    return _dicom_json(_page(list(merged.values())))
+    return _dicom_json(_page(list(merged.values()), paging))
 
 
 def _dicom_json(body: Any) -> Response:
@@ -598,10 +613,10 @@ def _wado_uri(scope: Scope, deadline: Deadline) -> Response:
     """WADO-URI (PS3.18 §9.1) for rendered images, answered from the WADO-RS rendered resource."""
     args = request.args
     if args.get("requestType") != "WADO":
-        raise GatewayNotFound('WADO-URI needs requestType=WADO.')
+        raise GatewayBadRequest('WADO-URI needs requestType=WADO.')
     study, series, instance = args.get("studyUID", ""), args.get("seriesUID", ""), args.get("objectUID", "")
     if not all(re.fullmatch(UID, v) for v in (study, series, instance)):
-        raise GatewayNotFound("WADO-URI needs studyUID, seriesUID and objectUID.")
+        raise GatewayBadRequest("WADO-URI needs studyUID, seriesUID and objectUID.")
     content_type = args.get("contentType", "image/jpeg")  # PS3.18 §9.1.2.1.4: image/jpeg by default
     if content_type not in ("image/jpeg", "image/png"):
         return Response("contentType must be image/jpeg or image/png here", 406, mimetype="text/plain")

@@ -224,6 +224,27 @@ def test_wado_uri_answers_a_rendered_image(env, amy):
     assert refused.status_code == 404
 
 
+@pytest.mark.parametrize(("query", "message"), [
+    ({"limit": "-1"}, 'Argument "limit" must be a non-negative integer (got "-1").'),
+    ({"offset": "x"}, 'Argument "offset" must be a non-negative integer (got "x").'),
+])
+def test_a_bad_paging_argument_is_a_400_naming_it(env, amy, query, message):
+    _, base = amy
+    answer = requests.get(f"{base}/studies", params=query, headers=DICOM_JSON, timeout=30)
+    assert answer.status_code == 400
+    assert answer.json()["message"] == message
+
+
+@pytest.mark.parametrize(("query", "message"), [
+    ({"studyUID": "1.2"}, "WADO-URI needs requestType=WADO."),
+    ({"requestType": "WADO", "studyUID": "1.2"}, "WADO-URI needs studyUID, seriesUID and objectUID."),
+])
+def test_a_bad_wado_uri_request_is_a_400_naming_what_is_missing(env, amy, query, message):
+    _, base = amy
+    answer = requests.get(f"{base}/wado", params=query, timeout=10)
+    assert answer.status_code == 400 and answer.json()["message"] == message
+
+
 @pytest.mark.parametrize("path", ["studies/1.2.3/../../etc", "patients", "studies/1.2.x/series", "workitems"])
 def test_paths_that_are_not_dicomweb_resources_are_404(env, amy, path):
     _, base = amy
