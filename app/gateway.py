@@ -240,12 +240,15 @@ def _load_scope(cap: Capability, token: str) -> Scope:
     shown = store().get(f"shown:{cap.session_id}") or {}
     if shown.get("patient") != cap.patient_id:
         shown = {}
-    archives = {a.id: a for a in archives_for(session).values() if a.kind == "dicomweb"}
+    every = archives_for(session)
+    archives = {aid: a for aid, a in every.items() if a.kind == "dicomweb"}
     order = list(archives)
     studies = {uid: tuple(sorted((a for a in held if a in archives), key=order.index))
                for uid, held in (shown.get("studies") or {}).items()}
-    # Every archive's id for the patient, FHIR ones too: a PACS copy of an outside record carries the outside id.
-    patient_ids = {aid: v for aid, v in (shown.get("ids") or {}).items() if isinstance(v, str)}
+    # The patient's identifier in every archive's domain, FHIR ones too (a PACS copy of an outside
+    # record carries the outside id); not the EHR's own FHIR Patient id, which is no PatientID.
+    patient_ids = {aid: v for aid, v in (shown.get("ids") or {}).items()
+                   if isinstance(v, str) and not (aid in every and every[aid].is_ehr)}
     for aid, archive in archives.items():
         if aid not in patient_ids:
             try:
@@ -284,14 +287,15 @@ def _first(item: Mapping[str, Any], tag: str) -> str | None:
     return None
 
 
-def _patient_ok(item: Mapping[str, Any], scope: Scope, archive_id: str, uid: str, *, required: bool) -> bool:
+def patient_matches(item: Mapping[str, Any], scope: Scope, archive_id: str, uid: str, *, required: bool) -> bool:
     """PatientID (and IssuerOfPatientID where the archive files one) exactly as the guard requires.
 
     A study the guard checked in this archive must carry this patient's PatientID there (and the
     archive's issuer). A study reached here only through a vetted FHIR Endpoint (the record from
-    the EHR or an outside facility, the images in this PACS) must carry the identifier the
-    record's own archive matched on: a shared PACS files such a copy under the sending facility's
-    identity, and no FHIR system maps to a DICOM issuer, so the issuer is not compared then.
+    the EHR or an outside facility, the images in this PACS) must carry the patient's identifier
+    in this archive's domain or the one the record's own archive matched on: a shared PACS files
+    such a copy under the sending facility's identity, and no FHIR system maps to a DICOM issuer,
+    so the issuer is not compared then.
     With no identity known at all the study is bound by its UID alone (the guard kept the record).
     `required`: the answer must carry PatientID (study-level QIDO and metadata do by default,
     PS3.18 Table 10.6.3-3; series- and instance-level answers do not, and are bound by UID).
@@ -301,7 +305,7 @@ def _patient_ok(item: Mapping[str, Any], scope: Scope, archive_id: str, uid: str
         expected = {scope.patient_ids[archive_id]} if archive_id in scope.patient_ids else set()
         issuer = scope.archives[archive_id].issuer_of_patient_id
     else:
-        expected = {scope.patient_ids[a] for a in sources if a in scope.patient_ids}
+        expected = {scope.patient_ids[a] for a in (*sources, archive_id) if a in scope.patient_ids}
         issuer = None
     if not expected:
         return True
@@ -469,7 +473,7 @@ def _qido_studies(scope: Scope, deadline: Deadline) -> Response:
             if uid is None or uid not in wanted or archive_id not in scope.studies.get(uid, ()):
                 failed_verification += 1
                 continue
-            if not _patient_ok(item, scope, archive_id, uid, required=True):
+            if not patient_matches(item, scope, archive_id, uid, required=True):
                 failed_verification += 1
                 continue
             # The first archive in configuration order wins.
@@ -506,7 +510,8 @@ def _qido_below(scope: Scope, path: str, uid: str, key: str, deadline: Deadline)
         answered = answered or items is not None
         for item in items or ():
             study = _first(item, STUDY_UID)
-            if (study is not None and study != uid) or not _patient_ok(item, scope, archive_id, uid, required=False):
+            wrong_study = study is not None and study != uid
+            if wrong_study or not patient_matches(item, scope, archive_id, uid, required=False):
                 audit("answer-withheld", scope.cap, study=uid, level=path.rsplit("/", 1)[-1])
                 continue
             merged.setdefault(_first(item, key) or str(len(merged)),
@@ -536,7 +541,7 @@ def _metadata(scope: Scope, path: str, uid: str, deadline: Deadline) -> Response
         if items is None:
             continue
         kept = [item for item in items
-                if _first(item, STUDY_UID) == uid and _patient_ok(item, scope, archive_id, uid, required=True)]
+                if _first(item, STUDY_UID) == uid and patient_matches(item, scope, archive_id, uid, required=True)]
         if len(kept) < len(items):
             audit("answer-withheld", scope.cap, study=uid, level="metadata", count=len(items) - len(kept))
         return _dicom_json(_rewrite_urls(kept, scope.archive_base(archive_id), scope.base))

@@ -588,3 +588,41 @@ def test_a_pooled_connection_the_archive_closed_is_retried_once_on_a_fresh_one()
     listener.close()
     assert bodies == [b"ok", b"ok"]
     assert len(connections) == 2
+
+
+# --- the re-verification rule, as a table ------------------------------------------------------------
+
+
+def _item(patient_id: str | None, issuer: str | None) -> dict:
+    item: dict = {"0020000D": {"vr": "UI", "Value": ["1.2.3"]}}
+    if patient_id is not None:
+        item["00100020"] = {"vr": "LO", "Value": [patient_id]}
+    if issuer is not None:
+        item["00100021"] = {"vr": "LO", "Value": [issuer]}
+    return item
+
+
+@pytest.mark.parametrize(("sourced", "patient_id", "issuer", "required", "kept"), [
+    ({"pacs"}, "SB100001", "SANDBOX-PACS", True, True),
+    ({"pacs"}, "SB100001 ", "SANDBOX-PACS", True, True),  # DICOM padding
+    ({"pacs"}, "sb100001", "SANDBOX-PACS", True, False),  # exact, case-sensitive
+    ({"pacs"}, "SB100001", "OTHER-HOSPITAL", True, False),  # the other-issuer trap
+    ({"pacs"}, "SB100001", None, True, False),  # issuer missing where the archive files one
+    ({"pacs"}, "SB100001", None, False, True),  # series level: no issuer returned
+    ({"pacs"}, None, None, True, False),  # study level / metadata must carry PatientID
+    ({"pacs"}, None, None, False, True),  # series / instance level: bound by UID
+    ({"outside"}, "RRH-550101", "RIVERSIDE-RRH", True, True),  # outside record, copy in the PACS
+    ({"outside"}, "SB100001", None, True, True),  # or filed under the PACS's own id
+    ({"outside"}, "RRH-999999", "RIVERSIDE-RRH", True, False),
+    (set(), "ANYTHING", None, True, True),  # no identity known: bound by UID (the guard kept the record)
+])
+def test_an_archive_answer_is_the_patients_only_by_exact_identifier(sourced, patient_id, issuer, required, kept):
+    from app.archives.config import ArchiveConfig
+    from app.gateway import Scope, patient_matches
+
+    pacs = ArchiveConfig(id="pacs", name="PACS", kind="dicomweb", base_url="https://pacs.example/rs",
+                         identifier_system="urn:oid:2.999.7418.1.1", issuer_of_patient_id="SANDBOX-PACS")
+    ids = {"pacs": "SB100001", "outside": "RRH-550101"} if sourced else {}
+    scope = Scope(cap=None, session=None, studies={"1.2.3": ("pacs",)}, archives={"pacs": pacs},
+                  patient_ids=ids, sourced={"1.2.3": frozenset(sourced)}, base="https://t.example/dicomweb/x")
+    assert patient_matches(_item(patient_id, issuer), scope, "pacs", "1.2.3", required=required) is kept
