@@ -160,6 +160,7 @@ class Gateway:
     audit: AuditHook = field(default=log_audit)
     scope_cache_s: float = 2.0
     scopes: dict[str, tuple[float, Scope]] = field(default_factory=dict)
+    members: dict[tuple[str, str, str], tuple[float, frozenset[str]]] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def base_for(self, session: SmartSession) -> str:
@@ -561,8 +562,12 @@ def _binary(scope: Scope, path: str, uid: str, deadline: Deadline, *, query: str
             headers[name] = request.headers[name]
     from .federation import federation
 
+    refused = 0
     for n, archive_id in enumerate(held):
         archive = scope.archives[archive_id]
+        if not _in_study(scope, archive_id, path, deadline):
+            refused += 1
+            continue
         # The raw query string, not `params`: Orthanc refuses a percent-encoded viewport comma (400).
         url = f"{scope.archive_base(archive_id)}/{path}" + (f"?{raw_query}" if raw_query else "")
         try:
@@ -584,7 +589,62 @@ def _binary(scope: Scope, path: str, uid: str, deadline: Deadline, *, query: str
             answer.close()
             continue
         return _relay(answer, archive_id)
+    if refused == len(held):
+        raise _refuse("outside-study", scope.cap, GatewayNotFound("No such series or instance in this study."),
+                      study=uid)
     raise GatewayUpstreamError("No archive holding this study answered.")
+
+
+HIERARCHY = re.compile(rf"studies/(?P<study>{UID})/series/(?P<series>{UID})(?:/instances/(?P<instance>{UID}))?(?:/.*)?")
+MEMBERS_TTL_S = 60.0
+
+
+def _in_study(scope: Scope, archive_id: str, path: str, deadline: Deadline) -> bool:
+    """Whether the series (and instance) a retrieve names belong to the guarded study in that archive.
+
+    PS3.18 §10.4 resources are hierarchical, but not every archive checks that the series in
+    `studies/{A}/series/{S}` is A's (Orthanc 1.10 does): without this, a guarded study's UID could
+    front another patient's series. The series' instance list is read once (QIDO-RS) and kept a
+    minute per process; an instance missing from it (new, or beyond a server's default `limit`)
+    is asked for by its SOPInstanceUID.
+    """
+    match = HIERARCHY.fullmatch(path)
+    if match is None:
+        return True  # study level: the study itself is guarded
+    study, series, instance = match["study"], match["series"], match["instance"]
+    service, key, now = gateway(), (archive_id, study, series), time.monotonic()
+    held = service.members.get(key)
+    if held is None or held[0] <= now:
+        found = _instances(scope, archive_id, study, series, None, deadline)
+        if found is None:
+            return False
+        held = (now + MEMBERS_TTL_S, found)
+    if instance is not None and instance not in held[1]:
+        found = _instances(scope, archive_id, study, series, instance, deadline)
+        held = (held[0], held[1] | (found or frozenset()))
+    with service.lock:
+        if len(service.members) >= SCOPE_CACHE_SIZE:
+            service.members.clear()
+        service.members[key] = held
+    return bool(held[1]) and (instance is None or instance in held[1])
+
+
+def _instances(scope: Scope, archive_id: str, study: str, series: str, instance: str | None,
+               deadline: Deadline) -> frozenset[str] | None:
+    """SOPInstanceUIDs the archive lists in `series` of `study` (only `instance`, when given); None on failure."""
+    params = [("includefield", "SOPInstanceUID"), ("includefield", "SeriesInstanceUID"),
+              ("includefield", "StudyInstanceUID")]
+    if instance is not None:
+        params.append(("SOPInstanceUID", instance))
+    try:
+        items = _json_list(scope, archive_id, f"studies/{study}/series/{series}/instances", params,
+                           max_bytes=gateway().qido_max_bytes, deadline=deadline) or []
+    except ArchiveError as exc:
+        log.info("gateway: archive %s: instance list unavailable (%s)", archive_id, exc.code)
+        return None
+    return frozenset(sop for item in items
+                     if _first(item, STUDY_UID) in (None, study) and _first(item, SERIES_UID) in (None, series)
+                     and (sop := _first(item, SOP_UID)) is not None and instance in (None, sop))
 
 
 def _relay(answer: Any, archive_id: str) -> Response:

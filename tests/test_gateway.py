@@ -433,6 +433,7 @@ def test_a_non_positive_ttl_is_refused(tmp_path, ttl):
 STUDY = "1.2.840.99.1"
 SERIES = "1.2.840.99.1.1"
 SOP = "1.2.840.99.1.1.1"
+OTHER_SERIES, OTHER_SOP = "1.2.840.77.2.1", "1.2.840.77.2.1.1"
 SECRET = "s3cret-archive-password"
 
 
@@ -467,6 +468,12 @@ def wire(tmp_path, monkeypatch):
             "Set-Cookie": "archive-session=abc"})
 
     server.expect_request(f"/dicomweb/studies/{STUDY}/series/{SERIES}/instances/{SOP}").respond_with_handler(instance)
+    server.expect_request(f"/dicomweb/studies/{STUDY}/series/{SERIES}/instances").respond_with_json(
+        [{"00080018": {"vr": "UI", "Value": [SOP]}, "0020000E": {"vr": "UI", "Value": [SERIES]}}])
+    # An archive that does not check the hierarchy: it would serve another study's series under STUDY.
+    server.expect_request(f"/dicomweb/studies/{STUDY}/series/{OTHER_SERIES}/instances").respond_with_json([])
+    server.expect_request(f"/dicomweb/studies/{STUDY}/series/{OTHER_SERIES}/instances/{OTHER_SOP}/frames/1"
+                          ).respond_with_data(b"another patient's pixels")
     toml = f'''
 [[archive]]
 id = "wire"
@@ -506,6 +513,16 @@ def test_an_archive_answer_under_another_patientid_is_withheld_even_for_a_guarde
                             timeout=30)
     assert uids(answered) == set()
     assert [f["level"] for e, f in audit if e == "answer-withheld"] == ["study"]
+
+
+def test_a_series_the_archive_does_not_list_under_the_study_is_not_retrieved(wire):
+    demo, _, audit = wire
+    _, link = _wire_link(demo)
+    answer = requests.get(f"{link['gateway']}/studies/{STUDY}/series/{OTHER_SERIES}/instances/{OTHER_SOP}/frames/1",
+                          headers=FRAMES, timeout=10)
+    assert answer.status_code == 404
+    assert b"pixels" not in answer.content
+    assert [f["study"] for e, f in audit if e == "outside-study"] == [STUDY]
 
 
 def test_the_archives_credentials_go_to_the_archive_and_never_back_to_the_browser(wire):
