@@ -47,6 +47,7 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 import requests
+import urllib3
 from flask import Blueprint, Flask, Response, current_app, g, jsonify, request, url_for
 from pydicom.datadict import keyword_for_tag, tag_for_keyword
 from requests.adapters import HTTPAdapter
@@ -151,7 +152,8 @@ class Gateway:
     """The gateway's settings and collaborators (built once in `init_app`)."""
 
     capabilities: Capabilities
-    http: requests.Session
+    http: requests.Session  # JSON answers (QIDO-RS, metadata), through app.http.fetch
+    pool: urllib3.PoolManager  # streamed answers (pixel data), through app.http.open_stream
     cors_origins: frozenset[str] = frozenset()
     max_bytes: int = DEFAULT_MAX_BYTES
     metadata_max_bytes: int = DEFAULT_METADATA_BYTES
@@ -573,13 +575,13 @@ def _binary(scope: Scope, path: str, uid: str, deadline: Deadline, *, query: str
         try:
             credentials = federation().auth.for_archive(archive, iss=scope.session.iss,
                                                          ehr_token=scope.session.access_token)
-            answer = open_stream(service.http, url, deadline=deadline, timeout=archive.timeout_s,
+            answer = open_stream(service.pool, url, deadline=deadline, timeout=archive.timeout_s,
                                  max_bytes=service.max_bytes,
                                  headers={**headers, **credentials.headers_for(url, deadline)})
         except ArchiveError as exc:
             log.info("gateway: archive %s refused credentials for a retrieve: %s", archive_id, exc.code)
             continue
-        except requests.RequestException as exc:
+        except (urllib3.exceptions.HTTPError, requests.Timeout) as exc:  # Timeout: the deadline had passed
             log.info("gateway: archive %s unreachable for a retrieve (%s)", archive_id, type(exc).__name__)
             continue
         if answer.status == 404 and fallback is not None:
@@ -777,26 +779,34 @@ def viewer_origins(archives: Iterable[ArchiveConfig]) -> set[str]:
     return found
 
 
-def archive_http() -> requests.Session:
-    """The gateway's session to the archives: pooled keep-alive connections (32 per archive).
+def _retry() -> Retry:
+    """One more try of a GET sent on a pooled connection the archive had just closed.
 
-    A GET on a pooled connection the archive has just closed (Orthanc keeps idle ones for 1 s) is
-    sent once more on a fresh one: GET is idempotent and nothing has reached the viewer yet. There
-    is never a retry once an answer has started, and redirects are still not followed.
+    Orthanc keeps idle connections for 1 s; GET is idempotent and nothing has reached the viewer
+    yet. There is never a retry once an answer has started, and redirects are still not followed.
     """
+    return Retry(total=1, connect=1, read=1, status=0, other=0, allowed_methods={"GET"}, redirect=0,
+                 raise_on_redirect=False, raise_on_status=False)
+
+
+def archive_http() -> requests.Session:
+    """The gateway's session for JSON answers: pooled keep-alive connections (32 per archive)."""
     http = requests.Session()
-    retry = Retry(total=1, connect=1, read=1, status=0, other=0, allowed_methods={"GET"}, redirect=0,
-                  raise_on_redirect=False, raise_on_status=False)
     for scheme in ("http://", "https://"):
-        http.mount(scheme, HTTPAdapter(pool_connections=8, pool_maxsize=32, max_retries=retry))
+        http.mount(scheme, HTTPAdapter(pool_connections=8, pool_maxsize=32, max_retries=_retry()))
     return http
+
+
+def archive_pool() -> urllib3.PoolManager:
+    """The gateway's pool for streamed answers (32 keep-alive connections per archive)."""
+    return urllib3.PoolManager(num_pools=8, maxsize=32, retries=_retry())
 
 
 def init_app(app: Flask) -> None:
     """Attach the gateway (after session_store and federation) and register its blueprint."""
     from .federation import federation
 
-    http = archive_http()
+    http, pool = archive_http(), archive_pool()
     with app.app_context():
         archives = federation().archives
     extra = app.config.get("GATEWAY_CORS_ORIGINS") or ()
@@ -807,6 +817,7 @@ def init_app(app: Flask) -> None:
         capabilities=Capabilities(lambda: app.extensions["session_store"],
                                   ttl_s=float(app.config.get("GATEWAY_CAPABILITY_TTL_S") or 7200)),
         http=http,
+        pool=pool,
         cors_origins=frozenset({*viewer_origins(archives), *(o.rstrip("/") for o in extra)}),
         max_bytes=int(app.config.get("GATEWAY_MAX_RESPONSE_BYTES") or DEFAULT_MAX_BYTES),
         metadata_max_bytes=int(app.config.get("GATEWAY_METADATA_MAX_BYTES") or DEFAULT_METADATA_BYTES),

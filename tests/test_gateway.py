@@ -12,6 +12,7 @@ import re
 
 import pytest
 import requests
+import urllib3
 from gateway_env import gateway_env
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
@@ -550,7 +551,7 @@ def test_a_stream_stops_at_its_size_cap(httpserver):
     from app.http import Deadline, open_stream
 
     httpserver.expect_request("/big").respond_with_data(b"x" * (300 * 1024))
-    answer = open_stream(requests.Session(), httpserver.url_for("/big"), deadline=Deadline.after(10), timeout=5,
+    answer = open_stream(urllib3.PoolManager(), httpserver.url_for("/big"), deadline=Deadline.after(10), timeout=5,
                          max_bytes=100 * 1024)
     received = b"".join(answer.iter_bytes())
     assert len(received) <= 100 * 1024 and answer.cut
@@ -562,7 +563,7 @@ def test_a_stream_never_follows_a_redirect(httpserver, other_host):
     other_host.expect_request("/stolen").respond_with_data(b"never")
     httpserver.expect_request("/go").respond_with_data(b"", status=302,
                                                        headers={"Location": other_host.url_for("/stolen")})
-    answer = open_stream(requests.Session(), httpserver.url_for("/go"), deadline=Deadline.after(10), timeout=5,
+    answer = open_stream(urllib3.PoolManager(), httpserver.url_for("/go"), deadline=Deadline.after(10), timeout=5,
                          max_bytes=1024)
     assert answer.status == 302
     answer.close()
@@ -574,7 +575,7 @@ def test_a_pooled_connection_the_archive_closed_is_retried_once_on_a_fresh_one()
     import socket
     import threading
 
-    from app.gateway import archive_http
+    from app.gateway import archive_pool
     from app.http import Deadline, open_stream
 
     listener = socket.create_server(("127.0.0.1", 0))
@@ -597,7 +598,7 @@ def test_a_pooled_connection_the_archive_closed_is_retried_once_on_a_fresh_one()
 
     threading.Thread(target=serve, daemon=True).start()
     url = f"http://127.0.0.1:{listener.getsockname()[1]}/frames/1"
-    http = archive_http()
+    http = archive_pool()
     bodies = []
     for _ in range(2):
         answer = open_stream(http, url, deadline=Deadline.after(10), timeout=5, max_bytes=1024)
