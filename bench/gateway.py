@@ -15,7 +15,8 @@ transfer syntax, as OHIF asks) are fetched:
 
 by 6 concurrent connections (a browser's per-host HTTP/1.1 limit) and by 1, from a client process
 of its own. The figure is the
-median over rounds of (time to all 200 frames via the gateway) ÷ (the same direct). Goal ≤ 1.15.
+median over rounds of (time to all 200 frames via the gateway) ÷ (the same direct), with the
+best round of each side beside it. Goal ≤ 1.15.
 The app runs on werkzeug's threaded development server (the demo's); both sides share the
 machine's 2 cores with Orthanc.
 """
@@ -25,6 +26,7 @@ from __future__ import annotations
 import argparse
 import logging
 import multiprocessing
+import os
 import sys
 import tempfile
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
@@ -111,15 +113,19 @@ def main() -> None:
         rows, verdicts = [], []
         for workers in (6, 1):
             direct_s, via_s, ratios = [], [], []
-            for _ in range(rounds):
-                d, size = client.submit(fetch_timed, env.dicomweb, paths, workers).result()
-                g, _ = client.submit(fetch_timed, gateway, paths, workers).result()
+            for n in range(rounds):
+                # Alternate which side goes first (ABBA), so a burst of load elsewhere on the
+                # machine does not always fall on the same side.
+                order = (env.dicomweb, gateway) if n % 2 == 0 else (gateway, env.dicomweb)
+                timings = {base: client.submit(fetch_timed, base, paths, workers).result() for base in order}
+                (d, size), (g, _) = timings[env.dicomweb], timings[gateway]
                 direct_s.append(d)
                 via_s.append(g)
                 ratios.append(g / d)
-            rows.append((f"{workers} connection(s)", f"{median(direct_s) * 1000:.0f} / {p90(direct_s) * 1000:.0f}",
-                         f"{median(via_s) * 1000:.0f} / {p90(via_s) * 1000:.0f}",
-                         f"**{median(ratios):.2f}** / {p90(ratios):.2f}x", f"≤ {GOAL}x"))
+            rows.append((f"{workers} connection(s)", f"{median(direct_s) * 1000:.0f} / {min(direct_s) * 1000:.0f}",
+                         f"{median(via_s) * 1000:.0f} / {min(via_s) * 1000:.0f}",
+                         f"**{median(ratios):.2f}** / {p90(ratios):.2f}x", f"{min(via_s) / min(direct_s):.2f}x",
+                         f"≤ {GOAL}x"))
             verdicts.append(f"{workers} connection(s): {'met' if median(ratios) <= GOAL else 'MISSED'}")
         mb = size / 1e6
         # Where the time goes: the app's own share (inside its WSGI callable, upstream fetch included)
@@ -149,9 +155,12 @@ def main() -> None:
         f"{rounds} rounds, direct and gateway interleaved; one CT series of 200 slices, 512x512, 16-bit "
         f"({mb:.0f} MB as Orthanc sends it), every frame fetched as OHIF asks for it.",
         "",
-        table(("fetch", "direct ms median / p90", "via gateway ms median / p90", "gateway ÷ direct", "goal"), rows),
+        table(("fetch", "direct ms median / best", "via gateway ms median / best",
+               "gateway ÷ direct, per round: median / p90", "best ÷ best", "goal"), rows),
         "",
-        "Verdicts (median ratio): " + "; ".join(verdicts) + ".",
+        "Verdicts (median of the per-round ratios): " + "; ".join(verdicts) + ". The machine is shared "
+        f"(load average {os.getloadavg()[0]:.1f} at the end of this run, on {os.cpu_count()} CPUs): "
+        "best ÷ best is the least disturbed comparison.",
         "",
         where,
     ])
