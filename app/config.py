@@ -64,6 +64,7 @@ DEFAULTS: dict[str, Any] = {
     "GATEWAY_DEADLINE_S": 300.0,
     "GATEWAY_SCOPE_CACHE_S": 2.0,  # per process: how long a capability's session and studies are reused
     "GATEWAY_AUDIT": None,  # a callable(event, fields); None: JSON lines on the app.audit logger
+    "GATEWAY_CLOCK": None,  # a callable returning epoch seconds (tests); None: time.time
 }
 
 

@@ -815,7 +815,8 @@ def init_app(app: Flask) -> None:
     hook = app.config.get("GATEWAY_AUDIT") or log_audit
     app.extensions["gateway"] = Gateway(
         capabilities=Capabilities(lambda: app.extensions["session_store"],
-                                  ttl_s=float(app.config.get("GATEWAY_CAPABILITY_TTL_S") or 7200)),
+                                  ttl_s=float(app.config.get("GATEWAY_CAPABILITY_TTL_S") or 7200),
+                                  clock=app.config.get("GATEWAY_CLOCK") or time.time),
         http=http,
         pool=pool,
         cors_origins=frozenset({*viewer_origins(archives), *(o.rstrip("/") for o in extra)}),

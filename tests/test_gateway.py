@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 
 import pytest
 import requests
@@ -25,9 +26,23 @@ FRAMES = {"Accept": "multipart/related; type=application/octet-stream; transfer-
 VIEWER = "https://viewer.example"
 
 
+class Clock:
+    """An injectable epoch clock (the gateway's capabilities expire by it)."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return time.time() + self.offset
+
+
+GATEWAY_CLOCK = Clock()
+
+
 @pytest.fixture(scope="module")
 def env(tmp_path_factory, orthanc):  # `orthanc`: skips (or fails in CI) where Orthanc is not installed
-    with gateway_env(tmp_path_factory.mktemp("gateway"), viewer_url=VIEWER) as running:
+    with gateway_env(tmp_path_factory.mktemp("gateway"), viewer_url=VIEWER,
+                     app_options={"GATEWAY_CLOCK": GATEWAY_CLOCK}) as running:
         yield running
 
 
@@ -292,6 +307,22 @@ def test_a_revoked_capability_is_refused(env):
     assert env.gateway(browser) != base, "the timeline hands out a fresh capability"
 
 
+def test_an_expired_capability_is_refused_and_the_timeline_hands_out_a_new_one(env):
+    browser = env.launch("pat-amy")
+    base = env.gateway(browser)
+    assert requests.get(f"{base}/studies", headers=DICOM_JSON, timeout=30).status_code == 200
+    GATEWAY_CLOCK.offset += 2 * 3600 + 1  # the default lifetime, 2 h, has passed
+    try:
+        answer = requests.get(f"{base}/studies", headers=DICOM_JSON, timeout=10)
+        assert answer.status_code == 401
+        assert events(env, "capability-refused")[-1]["reason"] == "expired"
+        fresh = env.gateway(browser)
+        assert fresh != base
+        assert requests.get(f"{fresh}/studies", headers=DICOM_JSON, timeout=30).status_code == 200
+    finally:
+        GATEWAY_CLOCK.offset = 0.0
+
+
 def test_a_capability_dies_with_its_session(env):
     browser = env.launch("pat-amy")
     base = env.gateway(browser)
@@ -365,7 +396,7 @@ def test_a_record_from_a_fhir_archive_with_images_in_the_pacs_opens_through_the_
 # --- capabilities (unit): expiry by the injected clock ---------------------------------------------------
 
 
-class Clock:
+class FixedClock:
     def __init__(self) -> None:
         self.now = 1_000_000.0
 
@@ -375,7 +406,7 @@ class Clock:
 
 @pytest.fixture
 def capabilities(tmp_path):
-    clock = Clock()
+    clock = FixedClock()
     store = SQLiteStore(tmp_path / "caps.sqlite3", clock=clock)
     return Capabilities(lambda: store, ttl_s=7200, clock=clock), store, clock
 
