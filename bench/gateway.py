@@ -163,6 +163,14 @@ def main() -> None:
         "best ÷ best is the least disturbed comparison.",
         "",
         where,
+        "",
+        f"Where the time goes: on one connection every frame pays the second hop (the app's HTTP server "
+        f"and a loopback transfer, {g_ms - a_ms:.1f} ms) on top of the archive's own round trip "
+        f"({d_ms:.1f} ms); inside the app, capability, scope, credentials and relay add "
+        f"{a_ms - d_ms:+.1f} ms to the upstream fetch (negative: the app relays the gzip-encoded "
+        "bytes as they come, while a direct client also decodes them). With 6 connections, as OHIF "
+        "fetches, the hop overlaps with the archive's work. Production serves the app with a real "
+        "WSGI server rather than the demo's werkzeug development server measured here.",
     ])
     print(body)
     if args.write:
