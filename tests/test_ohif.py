@@ -87,3 +87,28 @@ def test_ohif_never_reaches_the_archive_and_never_sees_the_trap(opened):
             assert env.other_issuer not in body and env.case_variant not in body
             assert env.orthanc not in body
     assert all(a.status in (200, 206) for a in answers), [(a.status, a.url) for a in answers if a.status >= 300]
+
+
+def test_a_compare_across_archives_opens_in_one_ohif_session_through_one_gateway(ohif_env, browser):
+    env, _ = ohif_env
+    timeline = env.studies(env.launch("pat-amy"))["studies"]
+    current = next(s for s in timeline if s["uid"] == env.amy)  # in Orthanc
+    prior = next(s for s in timeline if s["sources"][-1:] == ["pacs"] and "CT" in s["modalities"])  # sandbox PACS
+    (link,) = [v for v in current["viewers"] if v["archive"] == "orthanc"]
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    page = context.new_page()
+    seen: list[tuple[int, str]] = []
+    page.on("response", lambda r: seen.append((r.status, r.url)))
+    try:
+        page.goto(link["compare_url_template"].replace("{prior_uid}", prior["uid"]))
+        # Both studies open in the study browser, each with its series thumbnails.
+        expect(page.locator('[data-cy="study-browser-thumbnail"]')).to_have_count(1 + prior["series_count"],
+                                                                                 timeout=90_000)
+        metadata = {url.split("/studies/", 1)[1].split("/", 1)[0] for status, url in seen
+                    if status == 200 and url.startswith(link["gateway"]) and url.endswith("/metadata")}
+        assert {env.amy, prior["uid"]} <= metadata
+        assert not [url for _, url in seen if "/sandbox/dicomweb" in url or url.startswith(env.orthanc)]
+        if os.environ.get("SAVE_SCREENSHOTS") == "1":
+            page.screenshot(path=str(SCREENSHOT.with_name("ohif-gateway-compare.png")))
+    finally:
+        context.close()
