@@ -665,7 +665,11 @@ def _relay(answer: Any, archive_id: str) -> Response:
         if answer.cut:
             log.warning("gateway: answer from archive %s cut at the size cap or deadline", archive_id)
 
-    return Response(body(), status=answer.status, headers=headers, direct_passthrough=True)
+    resp = Response(body(), status=answer.status, headers=headers, direct_passthrough=True)
+    # A body never iterated (HEAD, a client gone before the first byte) must still free the
+    # archive connection; after a full read this is a no-op (the connection is back in the pool).
+    resp.call_on_close(answer.close)
+    return resp
 
 
 def _no_delay(environ: Mapping[str, Any]) -> None:

@@ -209,6 +209,18 @@ def test_frames_stream_as_multipart_with_the_archives_content_type(env, amy):
     assert via.headers["Cache-Control"].startswith("private")
 
 
+def test_head_of_a_frame_answers_its_headers_without_a_body(env, amy):
+    _, base = amy
+    series = first_series(base, env.amy)
+    instance = first_instance(base, env.amy, series)
+    path = f"{base}/studies/{env.amy}/series/{series}/instances/{instance}/frames/1"
+    for _ in range(3):
+        head = requests.head(path, headers=FRAMES, timeout=10)
+        assert head.status_code == 200 and head.content == b""
+        assert head.headers["Content-Type"].startswith("multipart/related")
+    assert requests.get(path, headers=FRAMES, timeout=10).status_code == 200
+
+
 def test_rendered_image_keeps_the_viewport_query_orthanc_needs_unencoded(env, amy):
     _, base = amy
     series = first_series(base, env.amy)
