@@ -806,6 +806,24 @@ def archive_pool() -> urllib3.PoolManager:
     return urllib3.PoolManager(num_pools=8, maxsize=32, retries=_retry())
 
 
+class RedactCapabilities(logging.Filter):
+    """Hides capabilities in request-log lines (werkzeug logs each request's path, the capability in it).
+
+    A WSGI server's own access log (gunicorn `--access-logfile`, a reverse proxy) is configured
+    outside the app: redact `/dicomweb/<capability>` there the same way.
+    """
+
+    PATTERN = re.compile(r"(/dicomweb/)[A-Za-z0-9_-]{20,128}")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str):
+            record.msg = self.PATTERN.sub(r"\1[capability]", record.msg)
+        if isinstance(record.args, tuple):
+            record.args = tuple(self.PATTERN.sub(r"\1[capability]", a) if isinstance(a, str) else a
+                                for a in record.args)
+        return True
+
+
 def init_app(app: Flask) -> None:
     """Attach the gateway (after session_store and federation) and register its blueprint."""
     from .federation import federation
@@ -830,6 +848,9 @@ def init_app(app: Flask) -> None:
         audit=hook,
         scope_cache_s=float(app.config.get("GATEWAY_SCOPE_CACHE_S", 2.0)),
     )
+    server_log = logging.getLogger("werkzeug")
+    if not any(isinstance(f, RedactCapabilities) for f in server_log.filters):
+        server_log.addFilter(RedactCapabilities())
     app.register_blueprint(bp)
 
 

@@ -354,6 +354,18 @@ def test_the_capability_is_the_only_secret_in_the_link_and_not_a_token(env, amy)
     assert browser.cookies["itl_session"] not in base
 
 
+def test_the_request_log_never_shows_the_capability(env, amy, caplog):
+    import logging
+
+    _, base = amy
+    token = base.rsplit("/", 1)[1]
+    caplog.set_level(logging.INFO, logger="werkzeug")
+    assert requests.get(f"{base}/studies", headers=DICOM_JSON, timeout=30).status_code == 200
+    lines = [r.getMessage() for r in caplog.records if r.name == "werkzeug"]
+    assert any("/dicomweb/[capability]/studies" in line for line in lines)
+    assert not [line for line in lines if token in line]
+
+
 # --- CORS -----------------------------------------------------------------------------------------------
 
 
