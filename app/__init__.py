@@ -38,10 +38,11 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(launch.bp)
     app.register_blueprint(timeline.bp)
 
-    from . import api, federation
+    from . import api, federation, gateway
 
     federation.init_app(app)
     api.init_app(app)
+    gateway.init_app(app)
 
     from . import admin, cds_hooks, metrics
 

@@ -20,6 +20,7 @@ from .archives.config import ArchiveConfig, discover_archives
 from .attention import acknowledge, acknowledgements, encounter_class
 from .errors import AppError, ArchiveError, FhirNotFound, LaunchError
 from .federation import ArchiveOutcome, federation
+from .gateway import base_for_request
 from .http import Deadline
 from .launch import discovery
 from .models import ArchiveStatus, Study
@@ -86,7 +87,8 @@ def view_builder(session: SmartSession, archives: dict[str, ArchiveConfig]) -> V
     today = _today(current_app.config.get("TIMEZONE"))
     return ViewBuilder(session.context, archives, _thumbnail_urls(archives), today=today,
                        patient_name=session.patient.name, acks=acknowledgements(_user(session), session.patient.id),
-                       critical_window=window, encounter_class=encounter_class(session))
+                       critical_window=window, encounter_class=encounter_class(session),
+                       gateway_base=lambda: base_for_request(session))
 
 
 def _today(zone: str | None) -> date:
@@ -146,6 +148,18 @@ def _remember_shown(session: SmartSession, studies: list[Study]) -> None:
         archives = sorted({*have, *study.sources, *(e.archive_id for e in study.endpoints)})
         if archives != have:
             shown["studies"][study.uid] = archives
+            changed = True
+        # For the DICOMweb gateway (app/gateway.py), which re-verifies archives' answers: the
+        # PatientID each archive matched on, and the archives the guard checked the study in.
+        ids = shown.setdefault("ids", {})
+        for aid, ident in study.matched_ids.items():
+            if ids.get(aid) != ident.value:
+                ids[aid] = ident.value
+                changed = True
+        sourced = shown.setdefault("sourced", {})
+        checked = sorted({*sourced.get(study.uid, ()), *study.sources})
+        if checked != sourced.get(study.uid):
+            sourced[study.uid] = checked
             changed = True
     if changed:  # a reload shows the same studies: no rewrite of a record that can hold thousands
         store().put(key, shown, current_app.config["SESSION_TTL_S"])

@@ -45,6 +45,8 @@ ENV_KEYS = {
     "IMAGING_CDS_CLIENTS": "CDS_CLIENTS",  # path of the JSON list of allow-listed CDS clients (cds_auth.py)
     "IMAGING_CDS_DEADLINE_S": "CDS_DEADLINE_S",  # answer CDS hooks within this many seconds (default 1.5)
     "IMAGING_CDS_LOCAL_ARCHIVES": "CDS_LOCAL_ARCHIVES",  # comma-separated archive ids that are not "outside"
+    "IMAGING_GATEWAY_CAPABILITY_TTL_S": "GATEWAY_CAPABILITY_TTL_S",  # viewer links' lifetime (seconds)
+    "IMAGING_GATEWAY_CORS_ORIGINS": "GATEWAY_CORS_ORIGINS",  # extra viewer origins, comma-separated
 }
 NUMERIC = {"SESSION_IDLE_S", "SESSION_TTL_S"}
 
@@ -82,6 +84,16 @@ DEFAULTS: dict[str, Any] = {
     "CDS_REPEAT_WINDOW_DAYS": 30,
     "CDS_LOCAL_ARCHIVES": None,
     "METRICS_TOKEN": None,  # tests only; deployments set IMAGING_METRICS_TOKEN in the environment
+    # The DICOMweb gateway (app/gateway.py): capability lifetime, extra CORS origins beyond the
+    # gateway viewers' own, a per-answer cap for streamed pixel data, and a cap for metadata.
+    "GATEWAY_CAPABILITY_TTL_S": 2 * 3600,
+    "GATEWAY_CORS_ORIGINS": None,
+    "GATEWAY_MAX_RESPONSE_BYTES": 4 * 1024**3,
+    "GATEWAY_METADATA_MAX_BYTES": 256 * 1024**2,
+    "GATEWAY_DEADLINE_S": 300.0,
+    "GATEWAY_SCOPE_CACHE_S": 2.0,  # per process: how long a capability's session and studies are reused
+    "GATEWAY_AUDIT": None,  # a callable(event, fields); None: JSON lines on the app.audit logger
+    "GATEWAY_CLOCK": None,  # a callable returning epoch seconds (tests); None: time.time
 }
 
 

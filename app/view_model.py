@@ -35,7 +35,7 @@ DEFAULT_RANGES = {"EMER": "72h"}
 
 
 def _viewer_table(archive: ArchiveConfig, viewer: ViewerConfig) -> dict[str, Any]:
-    table: dict[str, Any] = {"kind": viewer.kind, "url": viewer.url}
+    table: dict[str, Any] = {"kind": viewer.kind, "url": viewer.url, "via": viewer.via}
     if archive.issuer_of_patient_id:
         table["issuer_of_patient_id"] = archive.issuer_of_patient_id
     if archive.kind == "dicomweb":
@@ -76,6 +76,8 @@ class ViewBuilder:
     today: date = field(default_factory=lambda: datetime.now().astimezone().date())
     critical_window: timedelta = priors.CRITICAL_WINDOW
     encounter_class: str | None = None
+    # The session's DICOMweb gateway base (app/gateway.py), asked only if a viewer goes through it.
+    gateway_base: Callable[[], str | None] = lambda: None
     _parts: dict[str, frozenset[str]] = field(default_factory=dict)
     _viewers: dict[str, dict[str, Any]] = field(default_factory=dict)
     _names: dict[str, str] = field(default_factory=dict)
@@ -83,6 +85,7 @@ class ViewBuilder:
     def __post_init__(self) -> None:
         self._viewers = {aid: _viewer_table(a, a.viewer) for aid, a in self.archives.items() if a.viewer is not None}
         self._names = {aid: a.name for aid, a in self.archives.items()}
+        self._through = any(v.get("via") == "gateway" for v in self._viewers.values())
 
     def forget(self, uids: Iterable[str]) -> None:
         """Studies that changed: their anatomy is read again."""
@@ -122,7 +125,8 @@ class ViewBuilder:
         reasons = priors.attention(study, now=self.now, critical_window=self.critical_window)
         view["attention"] = [self._attention_item(study.uid, reason) for reason in reasons]
         view["signals"] = self.signals(study, reasons)
-        view["viewers"] = viewer_links(study, self._viewers, patient_id=None)
+        view["viewers"] = viewer_links(study, self._viewers, patient_id=None,
+                                       gateway=self.gateway_base() if self._through else None)
         view["images_note"] = images_note(study, view["viewers"], self._names, set(self._viewers))
         view["thumbnail"] = self.thumbnail_url(study)
         current, latest, rank = decision.flags(study.uid)

@@ -9,7 +9,8 @@ Mount it at ``/sandbox`` next to the app::
 Routes (under the mount prefix): ``/`` chart, ``/launch``, ``/patients``, ``/smart-style.json``,
 ``/auth/authorize|token|jwks``, ``/fhir/...`` (EHR), ``/outside/fhir/...`` (outside facility,
 backend-services tokens only), ``/dicomweb/...`` (QIDO-RS, WADO-RS, rendered, thumbnail),
-``/viewer/ohif/viewer?StudyInstanceUIDs=...`` (a stand-in for OHIF v3), ``/pixm/Patient/$ihe-pix``
+``/viewer/ohif/viewer?StudyInstanceUIDs=...`` and ``/viewer/ohif/viewer/dicomwebproxy?url=...`` (a
+stand-in for OHIF v3, the latter reading the app's DICOMweb gateway), ``/pixm/Patient/$ihe-pix``
 (an IHE PIXm cross-reference manager), ``/cds`` (the sandbox as a CDS Hooks client of the app).
 
 Latency and faults can be changed on a running sandbox, per archive id ("ehr", "outside",

@@ -6,6 +6,7 @@ import io
 import json
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -78,6 +79,68 @@ def part10(study: FakeStudy) -> bytes:
     out = io.BytesIO()
     ds.save_as(out, enforce_file_format=True)
     return out.getvalue()
+
+
+CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
+
+
+def image_series(study: FakeStudy, count: int, size: int = 256) -> list[bytes]:
+    """`count` CT slices (16-bit MONOCHROME2, `size`x`size`) of one series in `study`: real pixel
+    data a viewer can render, a ring whose radius changes from slice to slice."""
+    from array import array
+
+    series_uid = generate_uid()
+    # A gradient with a ring (computed once), and a bright band that moves from slice to slice
+    # (slice assignment: no per-pixel Python work per slice).
+    centre, ring_r, width = size / 2, size / 4, max(2, size // 40)
+    base = array("H", (
+        x * 4 + y * 2 + (1500 if abs(((x - centre) ** 2 + (y - centre) ** 2) ** 0.5 - ring_r) < width else 0)
+        for y in range(size) for x in range(size)))
+    band = array("H", [3000]) * (size * width)
+    out = []
+    for n in range(count):
+        pixels = array("H", base)
+        row = (n * (size - width)) // max(count - 1, 1)
+        pixels[row * size:(row + width) * size] = band
+        ds = Dataset()
+        ds.SOPClassUID = CT_IMAGE
+        ds.SOPInstanceUID = generate_uid()
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study.uid, series_uid
+        ds.PatientID = study.patient_id
+        if study.issuer is not None:
+            ds.IssuerOfPatientID = study.issuer
+        ds.PatientName, ds.PatientBirthDate, ds.PatientSex = study.name, study.birth_date, study.sex
+        ds.StudyDate, ds.StudyTime, ds.AccessionNumber = study.study_date, study.study_time, study.accession
+        ds.StudyDescription, ds.SeriesDescription = study.description, f"{study.description} AXIAL"
+        ds.Modality, ds.BodyPartExamined = study.modality, study.body_part
+        ds.SeriesNumber, ds.InstanceNumber = 1, n + 1
+        ds.ImagePositionPatient = [0, 0, float(n)]
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        ds.PixelSpacing, ds.SliceThickness = [1, 1], 1
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.Rows = ds.Columns = size
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+        ds.WindowCenter, ds.WindowWidth = 1200, 2400
+        ds.RescaleIntercept, ds.RescaleSlope = 0, 1
+        if sys.byteorder == "big":
+            pixels.byteswap()  # Explicit VR Little Endian
+        ds.PixelData = pixels.tobytes()
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        buf = io.BytesIO()
+        ds.save_as(buf, enforce_file_format=True)
+        out.append(buf.getvalue())
+    return out
+
+
+def upload_files(root: str, files: list[bytes]) -> None:
+    """POST Part-10 instances to Orthanc's REST API."""
+    with requests.Session() as http:
+        for data in files:
+            http.post(f"{root}/instances", data=data, timeout=30,
+                      headers={"Content-Type": "application/dicom"}).raise_for_status()
 
 
 def free_port() -> int:

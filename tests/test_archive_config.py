@@ -78,7 +78,7 @@ def test_substitutions_fill_base_and_token_urls_but_leave_viewer_placeholders():
     assert outside.base_url == "http://127.0.0.1:5000/outside/fhir"
     assert outside.auth.token_url == "http://127.0.0.1:5000/auth/token"
     assert (pacs.issuer_of_patient_id, pacs.auth.kind) == ("SANDBOX-PACS", "none")
-    assert pacs.viewer == ViewerConfig("ohif", "http://127.0.0.1:5000/viewer/ohif")
+    assert pacs.viewer == ViewerConfig("ohif", "http://127.0.0.1:5000/viewer/ohif", via="gateway")
 
 
 def test_a_config_file_is_read_from_a_path(tmp_path):
@@ -136,6 +136,15 @@ def archive(**keys) -> str:
      'archives.toml: archive "pacs-east": "issuer_of_patient_id" is only valid for kind "dicomweb"'),
     (archive() + '[archive.viewer]\nkind = "osirix"\nurl = "x"\n',
      'archives.toml: archive "pacs-east": "viewer.kind" must be one of ohif, iid, weasis, url (got "osirix")'),
+    (archive() + '[archive.viewer]\nkind = "ohif"\nurl = "https://v.example"\nvai = "gateway"\n',
+     'archives.toml: archive "pacs-east": unknown key "viewer.vai" (did you mean "viewer.via"?)'),
+    (archive() + '[archive.viewer]\nkind = "ohif"\nurl = "https://v.example"\nvia = "proxy"\n',
+     'archives.toml: archive "pacs-east": "viewer.via" must be one of direct, gateway (got "proxy")'),
+    (archive() + '[archive.viewer]\nkind = "iid"\nurl = "https://pacs.example/iid"\nvia = "gateway"\n',
+     'archives.toml: archive "pacs-east": viewer.via "gateway" is not possible for viewer kind "iid" (it fetches '
+     'images from its own PACS); use via = "direct", or a viewer of kind ohif, weasis, url'),
+    (archive() + '[archive.viewer]\nkind = "url"\nurl = "https://v.example/?dicomweb={gateway}"\n',
+     'archives.toml: archive "pacs-east": viewer.url uses {gateway}, which needs via = "gateway"'),
     (archive() + archive(), 'archives.toml: archive "pacs-east": duplicate id; each archive needs its own id'),
     ("[archives]\nid = 1\n", 'archives.toml: unknown top-level key "archives"; archives are [[archive]] tables'),
     ("[[archive]\n", "archives.toml: not valid TOML"),
@@ -143,7 +152,8 @@ def archive(**keys) -> str:
         "ehr-on-dicomweb", "undefined-substitution", "timeout-type", "max-results-range",
         "page-size-range", "page-size-type", "page-size-typo",
         "no-identifier-system",
-        "no-name", "bad-id", "no-id", "issuer-on-fhir", "viewer-kind", "duplicate-id", "top-level", "not-toml"])
+        "no-name", "bad-id", "no-id", "issuer-on-fhir", "viewer-kind", "viewer-via-typo", "viewer-via-value",
+        "iid-via-gateway", "gateway-placeholder-direct", "duplicate-id", "top-level", "not-toml"])
 def test_a_bad_config_fails_at_start_naming_archive_and_key(text, message):
     with pytest.raises(ConfigError, match="^" + re.escape(message)):
         load_archives(text)
@@ -222,3 +232,9 @@ def test_a_pixm_url_must_be_an_http_url():
 def test_page_size_is_read_for_archives_that_cap_limit():
     (parsed,) = load_archives(archive(page_size="200"))
     assert parsed.page_size == 200
+
+
+def test_a_viewer_goes_direct_unless_it_says_gateway():
+    direct = load_archives(archive() + '[archive.viewer]\nkind = "ohif"\nurl = "https://v.example"\n')
+    gateway = load_archives(archive() + '[archive.viewer]\nkind = "ohif"\nurl = "https://v.example"\nvia = "gateway"\n')
+    assert (direct[0].viewer.via, gateway[0].viewer.via) == ("direct", "gateway")

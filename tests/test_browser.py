@@ -199,8 +199,9 @@ def _open_viewer_and_check_the_log(page, demo, caplog):
     href, uid, archive = link.get_attribute("href"), link.get_attribute("data-uid"), link.get_attribute("data-archive")
     assert link.get_attribute("target") == "_blank" and link.get_attribute("rel") == "noopener"
     assert uid in unquote(href)
-    if archive == "pacs":  # OHIF: {viewer.url}/viewer?StudyInstanceUIDs=<uid>
-        assert re.fullmatch(rf"{re.escape(demo.chart_url)}viewer/ohif/viewer\?StudyInstanceUIDs={re.escape(uid)}", href)
+    if archive == "pacs":  # OHIF through the gateway: {viewer.url}/viewer/dicomwebproxy?url=…&studyInstanceUIDs=<uid>
+        assert re.fullmatch(rf"{re.escape(demo.chart_url)}viewer/ohif/viewer/dicomwebproxy\?url=[^&]+"
+                            rf"&studyInstanceUIDs={re.escape(uid)}", href)
     with page.context.expect_page() as opened, page.expect_response(re.compile(r"/api/access-log$")) as beacon:
         link.click()
     assert opened.value.url == href

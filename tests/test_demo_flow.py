@@ -280,14 +280,20 @@ class FormReader(HTMLParser):
             self.fields[a["name"]] = a.get("value") or ""
 
 
-def test_the_viewer_link_opens_the_study_in_the_sandbox_viewer(demo):
+def test_the_viewer_link_opens_the_study_in_the_sandbox_viewer_through_the_gateway(demo):
     _, browser = launch(demo, "pat-amy", embedded="1")
     study = next(s for s in studies(demo, browser)["studies"] if any(v["kind"] == "ohif" for v in s["viewers"]))
     link = next(v for v in study["viewers"] if v["kind"] == "ohif")
-    assert link["url"] == f"{demo.base_url}/sandbox/viewer/ohif/viewer?StudyInstanceUIDs={study['uid']}"
+    assert re.fullmatch(rf"{re.escape(demo.base_url)}/dicomweb/[A-Za-z0-9_-]{{43}}", link["gateway"])
+    config = requests.utils.quote(link["gateway"] + "/ohif-config.json", safe="")
+    assert link["url"] == (f"{demo.base_url}/sandbox/viewer/ohif/viewer/dicomwebproxy?url={config}"
+                           f"&studyInstanceUIDs={study['uid']}")
     page = requests.get(link["url"], timeout=10)
     assert page.status_code == 200
     assert f'data-study-uid="{study["uid"]}"' in page.text
+    images = re.findall(r'<img[^>]* src="([^"]+)"', page.text)
+    assert images and all(src.startswith(link["gateway"] + "/studies/") for src in images)
+    assert requests.get(images[0], timeout=10).headers["Content-Type"].startswith("image/")
 
 
 def test_an_imaging_study_in_fhir_context_is_the_current_study(demo):

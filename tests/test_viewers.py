@@ -162,3 +162,48 @@ def test_invalid_viewers_are_config_errors(viewer, message):
     with pytest.raises(ConfigError) as raised:
         viewers.validate_viewer(viewer, "pacs")
     assert raised.value.message == message
+
+
+# --- through the gateway (via = "gateway") ----------------------------------------------------------
+
+GATEWAY = "https://timeline.example/dicomweb/cap-abc"
+
+
+def test_ohif_through_the_gateway_uses_the_released_dicomwebproxy_data_source():
+    link = one({"kind": "ohif", "url": "https://viewer.example/ohif/", "via": "gateway"}, gateway=GATEWAY)
+    config = "https%3A%2F%2Ftimeline.example%2Fdicomweb%2Fcap-abc%2Fohif-config.json"
+    assert link["url"] == f"https://viewer.example/ohif/viewer/dicomwebproxy?url={config}&studyInstanceUIDs={UID}"
+    assert link["compare_url_template"].replace("{prior_uid}", PRIOR).endswith(f"studyInstanceUIDs={UID};{PRIOR}")
+    assert link["gateway"] == GATEWAY
+
+
+def test_weasis_through_the_gateway_is_given_the_gateway_not_the_archive():
+    link = one({"kind": "weasis", "url": "https://w.example", "dicomweb_url": "https://pacs.example/rs",
+                "via": "gateway"}, gateway=GATEWAY)
+    assert unquote(link["url"]) == f'weasis://$dicom:rs --url "{GATEWAY}" -r "studyUID={UID}"'
+
+
+def test_a_url_template_through_the_gateway_fills_gateway():
+    link = one({"kind": "url", "url": "https://v.example/open?dw={gateway}&s={study_uid}", "via": "gateway"},
+               gateway=GATEWAY)
+    assert link["url"] == f"https://v.example/open?dw=https%3A%2F%2Ftimeline.example%2Fdicomweb%2Fcap-abc&s={UID}"
+
+
+def test_a_gateway_viewer_without_a_gateway_gets_no_link_rather_than_a_direct_one():
+    links = viewers.viewer_links(study(), {"pacs": {"kind": "ohif", "url": "https://v.example", "via": "gateway"}},
+                                 patient_id="SB100001")
+    assert links == []
+
+
+def test_a_direct_viewer_ignores_the_gateway():
+    link = one({"kind": "ohif", "url": "https://v.example"}, gateway=GATEWAY)
+    assert "gateway" not in link
+    assert link["url"] == f"https://v.example/viewer?StudyInstanceUIDs={UID}"
+
+
+def test_a_gateway_viewer_opens_a_study_reached_only_through_an_endpoint_in_its_archive():
+    record = study(sources=["ehr"], endpoints=[StudyEndpoint("pacs", "https://pacs.example/rs")])
+    table = {"kind": "ohif", "url": "https://v.example", "via": "gateway"}
+    (link,) = viewers.viewer_links(record, {"pacs": table}, patient_id=None, gateway=GATEWAY)
+    assert link["archive"] == "pacs" and link["gateway"] == GATEWAY
+    assert viewers.viewer_links(record, {"pacs": {"kind": "ohif", "url": "https://v.example"}}, patient_id=None) == []

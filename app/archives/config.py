@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 Kind = Literal["fhir", "dicomweb"]
 AuthKind = Literal["none", "basic", "bearer", "ehr", "smart-backend"]
 ViewerKind = Literal["ohif", "iid", "weasis", "url"]
+ViewerVia = Literal["direct", "gateway"]
 
 EHR = "ehr"  # base_url of a fhir archive that is the launching EHR itself (the launch `iss`)
 IMAGING_CAPABILITY = "smart-imaging-access"
@@ -47,6 +48,9 @@ class ViewerConfig:
 
     kind: ViewerKind
     url: str
+    # "gateway": the viewer is given the app's patient-scoped DICOMweb gateway (app/gateway.py)
+    # instead of the archive; "direct": the archive's own address, as before.
+    via: ViewerVia = "direct"
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +87,7 @@ class ArchiveConfig:
 ARCHIVE_KEYS = {"id", "name", "kind", "base_url", "auth", "timeout_s", "identifier_system",
                 "issuer_of_patient_id", "viewer", "max_results", "page_size", "pixm_url"}
 AUTH_KEYS = {"kind", "username", "password_env", "token_env", "client_id", "token_url", "scope"}
-VIEWER_KEYS = {"kind", "url"}
+VIEWER_KEYS = {"kind", "url", "via"}
 AUTH_NEEDS = {"basic": ("username", "password_env"), "bearer": ("token_env",), "smart-backend": ("client_id",)}
 
 
@@ -264,13 +268,14 @@ def _viewer(table: Any, check: _Checker, subs: Mapping[str, str]) -> ViewerConfi
     kind = check.choice(table, "kind", ("ohif", "iid", "weasis", "url"), "viewer.")
     url = _substitute(check.string(table, "url", "viewer.", required=True), subs, check, "viewer.url",
                       strict=False) or ""
+    via = check.choice(table, "via", ("direct", "gateway"), "viewer.", default="direct")
     from ..viewers import validate_viewer  # the viewer module owns its URL rules
 
     try:
-        validate_viewer({"kind": kind, "url": url}, check.archive_id or "?")
+        validate_viewer({"kind": kind, "url": url, "via": via}, check.archive_id or "?")
     except ConfigError as exc:
         raise ConfigError(f"{check.label}: {exc.message}") from None
-    return ViewerConfig(kind=kind, url=url)  # type: ignore[arg-type]
+    return ViewerConfig(kind=kind, url=url, via=via)  # type: ignore[arg-type]
 
 
 # --- Discovery ------------------------------------------------------------------------------------

@@ -237,7 +237,9 @@ export function compareLink(view, pinned) {
   if (!Array.isArray(pinned.viewers) || !Array.isArray(view.viewers)) return null;
   for (const link of pinned.viewers) {
     if (!link || link.kind !== 'ohif' || typeof link.compare_url_template !== 'string') continue;
-    if (!view.viewers.some((v) => v && v.kind === 'ohif' && v.archive === link.archive)) continue;
+    // The same archive's viewer, or the same gateway (one viewer session across archives).
+    if (!view.viewers.some((v) => v && v.kind === 'ohif'
+      && (v.archive === link.archive || (link.gateway && v.gateway === link.gateway)))) continue;
     const url = safeLink(link.compare_url_template.split('{prior_uid}').join(encodeURIComponent(view.uid)));
     if (url) return { url, archive: str(link.archive), currentUid: pinned.uid };
   }
