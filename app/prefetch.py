@@ -131,6 +131,12 @@ class Prefetcher:
                 return None  # another process finished it a moment ago: replay its record
             if not self.store.acquire(lease.lock, lease.token, self.lease_s):
                 return None  # another process is searching
+            # Read again under the lock: the owner may have finished (and released the lock)
+            # between the read above and the acquire; its record is then replayed, not redone.
+            record = self.store.get(lease.record)
+            if record is not None and record.get("finished"):
+                self.store.release(lease.lock, lease.token)
+                return None
             self.store.put(lease.record, {"outcomes": [], "finished": False}, self.ttl_s)
             return self._spawn(key, search, lease)
 
@@ -224,5 +230,7 @@ class Prefetcher:
             try:
                 if self.store is not None:
                     self.store.acquire(lease.lock, lease.token, self.lease_s)
+                    if run.finished:  # finished (and released) while renewing: do not hold it again
+                        self.store.release(lease.lock, lease.token)
             except AppError:
                 log.warning("could not renew a search lease")

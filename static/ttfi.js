@@ -11,6 +11,7 @@
 
   let firstStudy = null;
   let sent = false;
+  let fallback = null;
   const archives = {};
 
   function now() { return Math.round(performance.now()); }
@@ -26,11 +27,22 @@
       const status = chip.dataset.status;
       if (status !== 'searching' && !(id in archives)) archives[id] = { id: id, status: status, ms: now() };
     }
-    if (all.length && all.every((chip) => chip.dataset.status !== 'searching')) send();
+    if (!all.length || !all.every((chip) => chip.dataset.status !== 'searching')) return;
+    // Every archive has answered, but the page paints its rows on the next frame: the list is
+    // complete on screen only once a study row is there (when any archive found a study). Wait
+    // for it (the observer sees the rows arrive), and send anyway if none comes.
+    const found = all.some((chip) => parseInt((chip.querySelector('.chip-count') || {}).textContent, 10) > 0);
+    if (found && !document.querySelector('[data-study-uid]')) {
+      if (fallback === null) fallback = setTimeout(send, 3000);
+      return;
+    }
+    send();
   }
 
   function send() {
+    if (sent) return;
     sent = true;
+    if (fallback !== null) clearTimeout(fallback);
     observer.disconnect();
     const body = JSON.stringify({
       first_study_ms: firstStudy,
