@@ -84,7 +84,9 @@ class Recorder:
         path = environ.get("PATH_INFO", "")
         archive = path.startswith(("/sandbox/fhir/", "/sandbox/outside/fhir/", "/sandbox/dicomweb/"))
         thumbnail = path.endswith(("/rendered", "/thumbnail"))  # the row thumbnails, not the report
-        if self.on and archive and not thumbnail and "python-requests" in environ.get("HTTP_USER_AGENT", ""):
+        # GETs only: the audit trail's forwarding (POST AuditEvent, from its outbox) is not the read.
+        reads = environ.get("REQUEST_METHOD") == "GET"
+        if self.on and archive and reads and not thumbnail and "python-requests" in environ.get("HTTP_USER_AGENT", ""):
             with self._lock:
                 self.seen.append(Seen(path, environ.get("QUERY_STRING", ""), environ.get("HTTP_ACCEPT", ""),
                                       environ.get("HTTP_AUTHORIZATION", "")))
@@ -135,7 +137,11 @@ def run(runs: int, delay_ms: float) -> tuple[list[list[Any]], float, float, int]
                     page = context.new_page()
                     page.goto(f"{demo.chart_url}launch?patient={patient}")
                     page.locator('#study-list[aria-busy="false"]').wait_for(timeout=30_000)
-                    page.wait_for_load_state("networkidle")  # thumbnails loaded: the click is all that runs
+                    # Thumbnails loaded, so the click is all that runs. Not "networkidle": the page's
+                    # time-to-image beacon is a keepalive fetch, which Playwright never sees finish.
+                    page.wait_for_timeout(800)  # rows that stay in view start their thumbnails
+                    page.wait_for_function("[...document.querySelectorAll('img.thumb-img[src]')]"
+                                           ".every((img) => img.complete)", timeout=30_000)
                     recorder.on = True
                     ms = page.evaluate(OPEN_AND_WAIT, study_uid(study))
                     seen = recorder.take()
