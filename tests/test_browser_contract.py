@@ -16,6 +16,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.browser_pages import checked_page
 from tests.conftest import CHROMIUM, need
 from tests.contract_fixture import contract_fixture, real_views, serve_fixture, show, sse
 
@@ -35,13 +36,8 @@ def demo():
 
 @pytest.fixture
 def page(browser) -> Iterator:
-    context = browser.new_context(viewport={"width": 1000, "height": 900})
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    yield page
-    assert errors == []
-    context.close()
+    with checked_page(browser) as page:
+        yield page
 
 
 def test_the_pinned_current_study_leads_with_its_priors_in_the_servers_rank(page, demo):

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 import pytest
 import requests
 
+from tests.browser_pages import checked_page
 from tests.conftest import CHROMIUM, need
 
 pytestmark = pytest.mark.browser
@@ -29,13 +30,8 @@ def demo():
 
 @pytest.fixture
 def page(browser) -> Iterator:
-    context = browser.new_context(viewport={"width": 1000, "height": 900})
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    yield page
-    assert errors == []
-    context.close()
+    with checked_page(browser) as page:
+        yield page
 
 
 def launch(page, demo, patient: str) -> None:
