@@ -18,3 +18,14 @@ def checked_page(browser, width: int = 1000, height: int = 900) -> Iterator:
         assert errors == []
     finally:
         context.close()
+
+
+@contextmanager
+def browser_demo() -> Iterator:
+    """The demo (app + sandbox) for a browser spec module; Chromium must be installed."""
+    from sandbox.demo import serve_demo
+    from tests.conftest import CHROMIUM, need
+
+    need("Chromium", CHROMIUM.exists(), "apt-get install chromium")
+    with serve_demo() as running:
+        yield running

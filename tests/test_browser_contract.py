@@ -16,8 +16,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.browser_pages import checked_page
-from tests.conftest import CHROMIUM, need
+from tests.browser_pages import browser_demo, checked_page
 from tests.contract_fixture import contract_fixture, real_views, serve_fixture, show, sse
 
 pytestmark = pytest.mark.browser
@@ -27,10 +26,7 @@ ACK = {"by": "Dr. Riley Radiant", "at": "2026-12-01T09:30:00+00:00"}
 
 @pytest.fixture(scope="module")
 def demo():
-    need("Chromium", CHROMIUM.exists(), "apt-get install chromium")
-    from sandbox.demo import serve_demo
-
-    with serve_demo() as running:
+    with browser_demo() as running:
         yield running
 
 

@@ -13,18 +13,14 @@ from collections.abc import Iterator
 import pytest
 import requests
 
-from tests.browser_pages import checked_page
-from tests.conftest import CHROMIUM, need
+from tests.browser_pages import browser_demo, checked_page
 
 pytestmark = pytest.mark.browser
 
 
 @pytest.fixture(scope="module")
 def demo():
-    need("Chromium", CHROMIUM.exists(), "apt-get install chromium")
-    from sandbox.demo import serve_demo
-
-    with serve_demo() as running:
+    with browser_demo() as running:
         yield running
 
 
