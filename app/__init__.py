@@ -11,6 +11,7 @@ from flask import Flask, Response, g, jsonify, request
 
 from .config import load_settings, package_folder
 from .errors import register_error_handlers
+from .http import install_header_parsing
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +25,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         instance_relative_config=True,
     )
     app.config.update(load_settings(config))
+    install_header_parsing()  # process-wide: every archive answer's headers (see app.http._parse_headers)
 
     from . import audit, keys, registration, session_store
 

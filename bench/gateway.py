@@ -1,10 +1,10 @@
 """The DICOMweb gateway's overhead: every frame of a 200-image series via the gateway ÷ direct from Orthanc.
 
-    python bench/gateway.py [--quick] [--write]
+    python bench/gateway.py [--server serve|demo] [--quick] [--write]
 
 A real Orthanc (tests/orthanc.py) holds one CT series of 200 slices, 512x512, 16-bit (about
-100 MB of pixel data) for Amy Shaw, beside the other-issuer trap. The demo app (sandbox EHR +
-Orthanc as an extra archive whose OHIF viewer goes `via = "gateway"`) is launched for Amy, and
+100 MB of pixel data) for Amy Shaw, beside the other-issuer trap. The app (with Orthanc as an extra
+archive whose OHIF viewer goes `via = "gateway"`) is launched for Amy from the sandbox chart, and
 its /api/studies hands out the gateway base. Then, in the same run and interleaved round by
 round, the 200 WADO-RS frame URLs (`…/frames/1`, Accept multipart/related; octet-stream; any
 transfer syntax, as OHIF asks) are fetched:
@@ -14,11 +14,14 @@ transfer syntax, as OHIF asks) are fetched:
   credentials, streaming relay),
 
 by 6 concurrent connections (a browser's per-host HTTP/1.1 limit) and by 1, from a client process
-of its own. The figure is the
-median over rounds of (time to all 200 frames via the gateway) ÷ (the same direct), with the
-best round of each side beside it. Goal ≤ 1.15.
-The app runs on werkzeug's threaded development server (the demo's); both sides share the
-machine's 2 cores with Orthanc.
+of its own. The figure is the median over rounds of (time to all 200 frames via the gateway) ÷
+(the same direct), with the best round of each side beside it. Goal ≤ 1.15.
+
+`--server serve` (the default) measures what a hospital runs: `imaging-timeline serve` (gunicorn
+gthread, 2 workers) on a real redis-server, the sandbox EHR (`imaging-timeline sandbox`) in a
+process of its own. `--server demo` measures the demo's single werkzeug process instead (app and
+sandbox together), and splits a frame's time into the app's share and the HTTP server's. All
+processes share the machine's cores with Orthanc and the client.
 """
 
 from __future__ import annotations
@@ -29,7 +32,9 @@ import multiprocessing
 import os
 import sys
 import tempfile
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import requests
@@ -38,7 +43,9 @@ from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
 sys.path.insert(0, str(ROOT / "tests"))
-from gateway_env import gateway_env  # tests/ holds the Orthanc and demo wiring
+from gateway_env import gateway_env, serve_gateway_env  # tests/ holds the Orthanc and demo wiring
+
+from tests.processes import free_port, running
 
 ACCEPT = {"Accept": "multipart/related; type=application/octet-stream; transfer-syntax=*"}
 GOAL = 1.15
@@ -92,42 +99,88 @@ def per_frame(base: str, paths: list[str]) -> list[float]:
     return out
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="3 rounds instead of 9")
-    parser.add_argument("--write", action="store_true", help="write the section of docs/BENCHMARKS.md")
-    args = parser.parse_args()
-    logging.disable(logging.WARNING)  # the demo's request log would dominate the output
-    rounds = 3 if args.quick else 9
-    # The client runs in a process of its own: in the app's process its threads would compete with
-    # the app's for the GIL, a cost only the gateway side (Python) would pay, not Orthanc (C++).
-    with tempfile.TemporaryDirectory() as tmp, gateway_env(Path(tmp), images=200, size=512) as env, \
-            ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as client:
-        browser = env.launch("pat-amy")
-        gateway = env.gateway(browser)
+def measure(client: ProcessPoolExecutor, bases: dict[str, str], paths: list[str],
+            rounds: int) -> tuple[list[tuple[str, ...]], list[str], int]:
+    """Interleaved rounds at 6 and 1 connections of `bases` ("direct" and "gateway", perhaps "floor").
+
+    Returns (table rows, verdicts, bytes of the series)."""
+    expected = fetch_all(bases["direct"], paths[:5], 1)
+    for name, base in bases.items():
+        assert fetch_all(base, paths[:5], 1) == expected, f"same bytes from {name}"
+        client.submit(fetch_timed, base, paths, 6).result()  # warm Orthanc's caches and the pools
+    rows, verdicts, size = [], [], 0
+    names = list(bases)
+    for workers in (6, 1):
+        seconds: dict[str, list[float]] = {name: [] for name in names}
+        ratios: dict[str, list[float]] = {name: [] for name in names if name != "direct"}
+        for n in range(rounds):
+            # Rotate which side goes first, so a burst of load elsewhere on the machine does not
+            # always fall on the same side.
+            order = names[n % len(names):] + names[:n % len(names)]
+            timings = {name: client.submit(fetch_timed, bases[name], paths, workers).result() for name in order}
+            size = timings["direct"][1]
+            for name in names:
+                seconds[name].append(timings[name][0])
+            for name in ratios:
+                ratios[name].append(timings[name][0] / timings["direct"][0])
+        cells = [f"{median(seconds[name]) * 1000:.0f} / {min(seconds[name]) * 1000:.0f}" for name in names]
+        extra = []
+        if "floor" in bases:
+            extra = [f"{median(ratios['floor']):.2f}x",
+                     f"{median([g / f for g, f in zip(seconds['gateway'], seconds['floor'], strict=True)]):.2f}x"]
+        rows.append((f"{workers} connection(s)", *cells, f"**{median(ratios['gateway']):.2f}** / "
+                     f"{p90(ratios['gateway']):.2f}x", f"{min(seconds['gateway']) / min(seconds['direct']):.2f}x",
+                     *extra, f"≤ {GOAL}x"))
+        verdicts.append(f"{workers} connection(s): {'met' if median(ratios['gateway']) <= GOAL else 'MISSED'}")
+    return rows, verdicts, size
+
+
+def header(bases: dict[str, str]) -> tuple[str, ...]:
+    names = {"direct": "direct", "floor": "bare relay (floor)", "gateway": "via gateway"}
+    extra = ("bare relay ÷ direct", "gateway ÷ bare relay") if "floor" in bases else ()
+    return ("fetch", *(f"{names[n]} ms median / best" for n in bases), "gateway ÷ direct, per round: median / p90",
+            "best ÷ best", *extra, "goal")
+
+
+@contextmanager
+def relay_floor(workdir: Path, dicomweb: str) -> Iterator[str]:
+    """bench/relay_floor.py under gunicorn, relaying to `dicomweb`; yields its base URL."""
+    port = free_port()
+    with running([sys.executable, str(ROOT / "bench" / "relay_floor.py"), str(port), dicomweb],
+                 ready_url=f"http://127.0.0.1:{port}/studies", log=workdir / "relay-floor.log", cwd=workdir):
+        yield f"http://127.0.0.1:{port}"
+
+
+Run = tuple[list[tuple[str, ...]], list[str], int, str, tuple[str, ...]]  # rows, verdicts, bytes, split, columns
+
+
+def serve_run(rounds: int, client: ProcessPoolExecutor) -> Run:
+    """The production server: `imaging-timeline serve` (2 gunicorn workers, Redis), the sandbox apart."""
+    with tempfile.TemporaryDirectory() as tmp, serve_gateway_env(Path(tmp), images=200, size=512) as env:
+        gateway = env.gateway(env.launch("pat-amy"))
         paths = frame_paths(env.dicomweb, env.amy)
         assert len(paths) == 200, len(paths)
-        assert fetch_all(gateway, paths[:5], 1) == fetch_all(env.dicomweb, paths[:5], 1), "same bytes both ways"
-        client.submit(fetch_timed, env.dicomweb, paths, 6).result()  # warm Orthanc's caches and the pools
-        client.submit(fetch_timed, gateway, paths, 6).result()
-        rows, verdicts = [], []
-        for workers in (6, 1):
-            direct_s, via_s, ratios = [], [], []
-            for n in range(rounds):
-                # Alternate which side goes first (ABBA), so a burst of load elsewhere on the
-                # machine does not always fall on the same side.
-                order = (env.dicomweb, gateway) if n % 2 == 0 else (gateway, env.dicomweb)
-                timings = {base: client.submit(fetch_timed, base, paths, workers).result() for base in order}
-                (d, size), (g, _) = timings[env.dicomweb], timings[gateway]
-                direct_s.append(d)
-                via_s.append(g)
-                ratios.append(g / d)
-            rows.append((f"{workers} connection(s)", f"{median(direct_s) * 1000:.0f} / {min(direct_s) * 1000:.0f}",
-                         f"{median(via_s) * 1000:.0f} / {min(via_s) * 1000:.0f}",
-                         f"**{median(ratios):.2f}** / {p90(ratios):.2f}x", f"{min(via_s) / min(direct_s):.2f}x",
-                         f"≤ {GOAL}x"))
-            verdicts.append(f"{workers} connection(s): {'met' if median(ratios) <= GOAL else 'MISSED'}")
-        mb = size / 1e6
+        with relay_floor(Path(tmp), env.dicomweb) as floor:
+            bases = {"direct": env.dicomweb, "floor": floor, "gateway": gateway}
+            rows, verdicts, size = measure(client, bases, paths, rounds)
+        d = median(client.submit(per_frame, env.dicomweb, paths).result()) * 1000
+        g = median(client.submit(per_frame, gateway, paths).result()) * 1000
+    where = table(("one frame, 1 connection", "ms median"), [
+        ("direct from Orthanc (round trip)", f"{d:.2f}"),
+        ("via the gateway (round trip)", f"{g:.2f}"),
+        ("the gateway's share (second hop, gunicorn, the app)", f"{g - d:.2f}"),
+    ])
+    return rows, verdicts, size, where, header(bases)
+
+
+def demo_run(rounds: int, client: ProcessPoolExecutor) -> Run:
+    """The demo's single werkzeug process, with the split of a frame's time inside and outside the app."""
+    with tempfile.TemporaryDirectory() as tmp, gateway_env(Path(tmp), images=200, size=512) as env:
+        gateway = env.gateway(env.launch("pat-amy"))
+        paths = frame_paths(env.dicomweb, env.amy)
+        assert len(paths) == 200, len(paths)
+        bases = {"direct": env.dicomweb, "gateway": gateway}
+        rows, verdicts, size = measure(client, bases, paths, rounds)
         # Where the time goes: the app's own share (inside its WSGI callable, upstream fetch included)
         # against the whole round trip, one connection. The timer buffers each answer, so this pass
         # is separate from the figures above.
@@ -148,33 +201,48 @@ def main() -> None:
         ("app share beyond Orthanc's own round trip", f"{a_ms - d_ms:.2f}"),
         ("HTTP server + second hop (round trip - app)", f"{g_ms - a_ms:.2f}"),
     ])
+    return rows, verdicts, size, where, header(bases)
+
+
+SERVERS = {"serve": ("`imaging-timeline serve` (2 gunicorn gthread workers, 16 threads each, Redis store; "
+                     "the sandbox EHR in its own process)", serve_run),
+           "demo": ("the demo's single werkzeug process (app and sandbox EHR together)", demo_run)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--server", choices=tuple(SERVERS), default="serve",
+                        help="the production server (default) or the demo's werkzeug process")
+    parser.add_argument("--quick", action="store_true", help="3 rounds instead of 9")
+    parser.add_argument("--write", action="store_true", help="write the section of docs/BENCHMARKS.md")
+    args = parser.parse_args()
+    logging.disable(logging.WARNING)  # the demo's request log would dominate the output
+    rounds = 3 if args.quick else 9
+    what, run = SERVERS[args.server]
+    # The client runs in a process of its own: in the app's process its threads would compete with
+    # the app's for the GIL, a cost only the gateway side (Python) would pay, not Orthanc (C++).
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as client:
+        rows, verdicts, size, where, columns = run(rounds, client)
+    flags = "".join(f" {f}" for f, on in ((f"--server {args.server}", args.server != "serve"),
+                                         ("--quick", args.quick)) if on)
     body = "\n".join([
-        "## DICOMweb gateway: 200 frames via the gateway ÷ direct from Orthanc (`bench/gateway.py`)",
+        f"## DICOMweb gateway: 200 frames via the gateway ÷ direct from Orthanc (`bench/gateway.py`, {args.server})",
         "",
-        f"Command: `python bench/gateway.py{' --quick' if args.quick else ''} --write`. Machine: {machine()}. "
+        f"Command: `python bench/gateway.py{flags} --write`. Machine: {machine()}. App server: {what}. "
         f"{rounds} rounds, direct and gateway interleaved; one CT series of 200 slices, 512x512, 16-bit "
-        f"({mb:.0f} MB as Orthanc sends it), every frame fetched as OHIF asks for it.",
+        f"({size / 1e6:.0f} MB as Orthanc sends it), every frame fetched as OHIF asks for it.",
         "",
-        table(("fetch", "direct ms median / best", "via gateway ms median / best",
-               "gateway ÷ direct, per round: median / p90", "best ÷ best", "goal"), rows),
+        table(columns, rows),
         "",
         "Verdicts (median of the per-round ratios): " + "; ".join(verdicts) + ". The machine is shared "
         f"(load average {os.getloadavg()[0]:.1f} at the end of this run, on {os.cpu_count()} CPUs): "
         "best ÷ best is the least disturbed comparison.",
         "",
         where,
-        "",
-        f"Where the time goes: on one connection every frame pays the second hop (the app's HTTP server "
-        f"and a loopback transfer, {g_ms - a_ms:.1f} ms) on top of the archive's own round trip "
-        f"({d_ms:.1f} ms); inside the app, capability, scope, credentials and relay add "
-        f"{a_ms - d_ms:+.1f} ms to the upstream fetch (negative: the app relays the gzip-encoded "
-        "bytes as they come, while a direct client also decodes them). With 6 connections, as OHIF "
-        "fetches, the hop overlaps with the archive's work. Production serves the app with a real "
-        "WSGI server rather than the demo's werkzeug development server measured here.",
     ])
     print(body)
     if args.write:
-        write_section("gateway", body)
+        write_section(f"gateway-{args.server}" if args.server != "serve" else "gateway", body)
 
 
 if __name__ == "__main__":

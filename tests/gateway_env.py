@@ -19,6 +19,7 @@ from orthanc import FakeStudy, image_series, running_orthanc, upload_files
 
 from app.keys import generate_keys
 from sandbox.demo import Demo, serve_demo
+from tests.processes import fernet_key_file, free_port, redis_server, sandbox_process, serve_process
 
 KEYS = generate_keys()
 AMY_CT = FakeStudy("SB100001", "SANDBOX-PACS", name="SHAW^AMY", birth_date="19870220", sex="F",
@@ -98,3 +99,49 @@ def gateway_env(workdir: Path, *, viewer_url: str = "https://viewer.example", im
                    "GATEWAY_AUDIT": lambda event, fields: events.append((event, fields)), **(app_options or {})}
         with serve_demo(app_options=options, extra_archives=orthanc_archive(f"{root}/dicom-web", viewer_url)) as demo:
             yield GatewayEnv(demo, root, amy.uid, other.uid, variant.uid, events)
+
+
+@dataclass
+class ServeGatewayEnv:
+    """`imaging-timeline serve` (gunicorn, Redis) and `imaging-timeline sandbox` as processes, plus Orthanc."""
+
+    app_url: str
+    sandbox_url: str
+    orthanc: str
+    amy: str
+
+    @property
+    def dicomweb(self) -> str:
+        return f"{self.orthanc}/dicom-web"
+
+    def launch(self, patient: str = "pat-amy") -> requests.Session:
+        browser = requests.Session()
+        resp = browser.get(f"{self.sandbox_url}/launch", params={"patient": patient, "embedded": "1"}, timeout=60)
+        if resp.status_code != 200 or not resp.url.endswith("/timeline"):
+            raise AssertionError(f"launch ended at {resp.url} with {resp.status_code}: {resp.text[:300]}")
+        return browser
+
+    def gateway(self, browser: requests.Session) -> str:
+        studies = browser.get(f"{self.app_url}/api/studies", timeout=60).json()["studies"]
+        (base,) = {v["gateway"] for s in studies for v in s["viewers"] if "gateway" in v}
+        return base
+
+
+@contextmanager
+def serve_gateway_env(workdir: Path, *, images: int = 3, size: int = 256, workers: int = 2,
+                      threads: int = 16) -> Iterator[ServeGatewayEnv]:
+    """Orthanc (Amy's CT and the traps) behind the production server: the sandbox's archives plus Orthanc."""
+    amy = AMY_CT.with_uid()
+    (workdir / "orthanc").mkdir()
+    port = free_port()
+    app_url = f"http://127.0.0.1:{port}"
+    with running_orthanc(workdir / "orthanc") as root, redis_server(workdir) as redis, \
+            sandbox_process(app_url, workdir) as (sandbox_url, config):
+        upload_files(root, image_series(amy, images, size) + image_series(OTHER_ISSUER.with_uid(), 2)
+                     + image_series(CASE_VARIANT.with_uid(), 2))
+        archives = config / "archives.toml"
+        archives.write_text(archives.read_text() + orthanc_archive(f"{root}/dicom-web", "https://viewer.example"))
+        env = {"IMAGING_SESSION_STORE": redis.url,
+               "IMAGING_SESSION_KEY_FILE": str(fernet_key_file(workdir / "session.key"))}
+        with serve_process(port, config, workdir, workers=workers, threads=threads, env=env):
+            yield ServeGatewayEnv(app_url, sandbox_url, root, amy.uid)
