@@ -163,6 +163,7 @@ def serve_run(rounds: int, client: ProcessPoolExecutor) -> Run:
         with relay_floor(Path(tmp), env.dicomweb) as floor:
             bases = {"direct": env.dicomweb, "floor": floor, "gateway": gateway}
             rows, verdicts, size = measure(client, bases, paths, rounds)
+            cpu = cpu_table(client, bases, paths)
         d = median(client.submit(per_frame, env.dicomweb, paths).result()) * 1000
         g = median(client.submit(per_frame, gateway, paths).result()) * 1000
     where = table(("one frame, 1 connection", "ms median"), [
@@ -170,7 +171,54 @@ def serve_run(rounds: int, client: ProcessPoolExecutor) -> Run:
         ("via the gateway (round trip)", f"{g:.2f}"),
         ("the gateway's share (second hop, gunicorn, the app)", f"{g - d:.2f}"),
     ])
-    return rows, verdicts, size, where, header(bases)
+    return rows, verdicts, size, f"{where}\n\n{cpu}", header(bases)
+
+
+def listening(url: str) -> list[int]:
+    """The processes holding the listening socket of `url`'s port (a gunicorn master and its workers)."""
+    port = int(url.split(":")[2].split("/")[0])
+    inodes = set()
+    for table_path in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table_path).read_text().splitlines()[1:]:
+            fields = line.split()
+            if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "0A":  # 0A: LISTEN
+                inodes.add(f"socket:[{fields[9]}]")
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if any(os.readlink(fd) in inodes for fd in (proc / "fd").iterdir()):
+                    found.append(int(proc.name))
+            except OSError:
+                continue
+    return found
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU of `pids` so far."""
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_table(client: ProcessPoolExecutor, bases: dict[str, str], paths: list[str]) -> str:
+    """CPU per frame of every process involved, one 6-connection pass of each side (Linux /proc)."""
+    archive = listening(bases["direct"])
+    relays = {name: listening(base) for name, base in bases.items() if name != "direct"}
+    client_pid = [client.submit(os.getpid).result()]
+    rows, totals = [], {}
+    for name, base in bases.items():
+        groups = {"archive": archive, "relay": relays.get(name, []), "client": client_pid}
+        before = {k: cpu_seconds(v) for k, v in groups.items()}
+        client.submit(fetch_timed, base, paths, 6).result()
+        used = {k: (cpu_seconds(v) - before[k]) * 1000 / len(paths) for k, v in groups.items()}
+        totals[name] = sum(used.values())
+        rows.append((name, f"{used['archive']:.2f}", f"{used['relay']:.2f}" if name != "direct" else "-",
+                     f"{used['client']:.2f}", f"{totals[name]:.2f}", f"{totals[name] / totals['direct']:.2f}x"))
+    return table(("6 connections, CPU ms per frame", "Orthanc", "relay processes (gunicorn master + workers)",
+                  "client", "all", "all ÷ direct"), rows)
 
 
 def demo_run(rounds: int, client: ProcessPoolExecutor) -> Run:

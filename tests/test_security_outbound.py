@@ -8,6 +8,7 @@ answer is cut and a stalled one times out, each with a readable error.
 from __future__ import annotations
 
 import json
+import threading
 import time
 
 import pytest
@@ -73,14 +74,24 @@ def test_an_oversized_token_answer_is_cut(ehr, tmp_path):
 
 
 def test_a_stalled_token_endpoint_times_out(ehr, tmp_path):
+    release, answered = threading.Event(), threading.Event()
+
     def slow(request):
-        time.sleep(1.5)
+        release.wait(10)  # stalls until the app has given up
+        answered.set()
         return Response("{}", content_type="application/json")
 
     ehr.server.expect_request("/slow/token", method="POST").respond_with_handler(slow)
     _token_endpoint(ehr, "/slow/token")
     with running_app(ehr, tmp_path, HTTP_TIMEOUT_S=0.3) as url:
         resp, _ = launch(url, ehr.iss)
+    # The stalled answer is finished here, not during the next test: the shared test server would
+    # log it into that test's request log.
+    release.set()
+    assert answered.wait(10)
+    give_up = time.monotonic() + 10
+    while not any(r.path == "/slow/token" for r, _ in ehr.server.log) and time.monotonic() < give_up:
+        time.sleep(0.01)
     assert resp.status_code == 502
     assert "token endpoint (ReadTimeout)" in resp.text
 
