@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from flask import Flask, Response, g, jsonify, request
+from werkzeug.datastructures import Headers
 
 from .config import load_settings, package_folder
 from .errors import register_error_handlers
@@ -93,19 +94,25 @@ def _security_headers(app: Flask) -> None:
     origins |= set(app.config.get("FRAME_ANCESTORS") or ())
     ancestors = " ".join(["'self'", *sorted(origins)])
 
-    @app.after_request
-    def headers(resp: Response) -> Response:
-        nonce = g.get("csp_nonce")
+    def security_headers(headers: Headers, *, path: str, nonce: str | None) -> None:
+        """Set every answer's security headers (where the view set none itself)."""
         style_src = f"'self' 'nonce-{nonce}'" if nonce else "'self'"
-        resp.headers.setdefault(
+        headers.setdefault(
             "Content-Security-Policy",
             f"default-src 'self'; img-src 'self' data:; style-src {style_src}; script-src 'self'; "
             f"object-src 'none'; base-uri 'none'; frame-ancestors {ancestors}",
         )
-        resp.headers.setdefault("X-Content-Type-Options", "nosniff")
-        resp.headers.setdefault("Referrer-Policy", "no-referrer")
+        headers.setdefault("X-Content-Type-Options", "nosniff")
+        headers.setdefault("Referrer-Policy", "no-referrer")
         # Every page but the static files may hold PHI or a sign-in answer: never stored. Thumbnails
         # set their own (private) caching.
-        if not request.path.startswith("/static/"):
-            resp.headers.setdefault("Cache-Control", "no-store")
+        if not path.startswith("/static/"):
+            headers.setdefault("Cache-Control", "no-store")
+
+    # The gateway's answers that bypass Flask (app.gateway.FastRetrieve) get them from here too.
+    app.extensions["security_headers"] = security_headers
+
+    @app.after_request
+    def headers(resp: Response) -> Response:
+        security_headers(resp.headers, path=request.path, nonce=g.get("csp_nonce"))
         return resp

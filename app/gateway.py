@@ -43,21 +43,22 @@ import time
 from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from http import HTTPStatus
 from typing import Any
 from urllib.parse import quote, urlsplit
 
 import requests
-import urllib3
 from flask import Blueprint, Flask, Response, current_app, g, jsonify, request, url_for
 from pydicom.datadict import keyword_for_tag, tag_for_keyword
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
+from werkzeug.datastructures import Headers
 
 from .archives.base import ArchiveClient
 from .archives.config import ArchiveConfig
 from .capabilities import AuditHook, Capabilities, Capability, CapabilityRefused, log_audit
 from .errors import AppError, ArchiveError, ArchiveNotLinked
-from .http import Deadline, open_stream, origin
+from .http import Deadline, StreamedAnswer, StreamError, StreamPool, open_stream, origin
 from .identity import link as identity_link
 from .session import SmartSession
 from .session_store import store
@@ -153,7 +154,7 @@ class Gateway:
 
     capabilities: Capabilities
     http: requests.Session  # JSON answers (QIDO-RS, metadata), through app.http.fetch
-    pool: urllib3.PoolManager  # streamed answers (pixel data), through app.http.open_stream
+    pool: StreamPool  # streamed answers (pixel data), through app.http.open_stream
     cors_origins: frozenset[str] = frozenset()
     max_bytes: int = DEFAULT_MAX_BYTES
     metadata_max_bytes: int = DEFAULT_METADATA_BYTES
@@ -164,6 +165,7 @@ class Gateway:
     scopes: dict[str, tuple[float, Scope]] = field(default_factory=dict)
     members: dict[tuple[str, str, str], tuple[float, frozenset[str]]] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    fast_answers: int = 0  # retrieves FastRetrieve answered (the rest went through the route)
 
     def base_for(self, session: SmartSession) -> str:
         """The absolute `…/dicomweb/<capability>` base for this session (issued or reused)."""
@@ -219,16 +221,23 @@ def _scope(token: str) -> Scope:
     except CapabilityRefused as exc:
         raise _refuse("capability-refused", None, exc, reason=exc.reason,
                       capability=f"sha256:{_digest(token)}") from None
-    now = time.monotonic()
-    cached = service.scopes.get(cap.digest)
-    if cached is not None and cached[0] > now and cached[1].cap.token == token:
-        return replace(cached[1], cap=cap)
+    cached = _cached_scope(service, cap)
+    if cached is not None:
+        return cached
     scope = _load_scope(cap, token)
     with service.lock:
         if len(service.scopes) >= SCOPE_CACHE_SIZE:
             service.scopes.clear()
-        service.scopes[cap.digest] = (now + service.scope_cache_s, scope)
+        service.scopes[cap.digest] = (time.monotonic() + service.scope_cache_s, scope)
     return scope
+
+
+def _cached_scope(service: Gateway, cap: Capability) -> Scope | None:
+    """What `cap` reaches, as this process loaded it less than `scope_cache_s` ago (else None)."""
+    cached = service.scopes.get(cap.digest)
+    if cached is not None and cached[0] > time.monotonic() and cached[1].cap.token == cap.token:
+        return replace(cached[1], cap=cap)
+    return None
 
 
 def _load_scope(cap: Capability, token: str) -> Scope:
@@ -557,11 +566,7 @@ def _binary(scope: Scope, path: str, uid: str, deadline: Deadline, *, query: str
     service = gateway()
     held = _study_in_scope(scope, uid)
     raw_query = request.query_string.decode("latin-1") if query is None else query
-    headers = {"Accept": accept or request.headers.get("Accept", "*/*"),
-               "Accept-Encoding": request.headers.get("Accept-Encoding", "identity")}
-    for name in ("Range", "If-None-Match"):
-        if request.headers.get(name):
-            headers[name] = request.headers[name]
+    headers = _upstream_headers(request.headers.get, accept)
     from .federation import federation
 
     refused = 0
@@ -581,7 +586,7 @@ def _binary(scope: Scope, path: str, uid: str, deadline: Deadline, *, query: str
         except ArchiveError as exc:
             log.info("gateway: archive %s refused credentials for a retrieve: %s", archive_id, exc.code)
             continue
-        except (urllib3.exceptions.HTTPError, requests.Timeout) as exc:  # Timeout: the deadline had passed
+        except (StreamError, requests.Timeout) as exc:  # Timeout: the deadline had passed
             log.info("gateway: archive %s unreachable for a retrieve (%s)", archive_id, type(exc).__name__)
             continue
         if answer.status == 404 and fallback is not None:
@@ -595,6 +600,15 @@ def _binary(scope: Scope, path: str, uid: str, deadline: Deadline, *, query: str
         raise _refuse("outside-study", scope.cap, GatewayNotFound("No such series or instance in this study."),
                       study=uid)
     raise GatewayUpstreamError("No archive holding this study answered.")
+
+
+def _upstream_headers(asked: Any, accept: str | None = None) -> dict[str, str]:
+    """What a retrieve passes on from the viewer's request (`asked`: header name -> value or None)."""
+    headers = {"Accept": accept or asked("Accept") or "*/*", "Accept-Encoding": asked("Accept-Encoding") or "identity"}
+    for name in ("Range", "If-None-Match"):
+        if value := asked(name):
+            headers[name] = value
+    return headers
 
 
 HIERARCHY = re.compile(rf"studies/(?P<study>{UID})/series/(?P<series>{UID})(?:/instances/(?P<instance>{UID}))?(?:/.*)?")
@@ -631,6 +645,16 @@ def _in_study(scope: Scope, archive_id: str, path: str, deadline: Deadline) -> b
     return bool(held[1]) and (instance is None or instance in held[1])
 
 
+def _known_member(service: Gateway, archive_id: str, path: str) -> bool:
+    """Whether this process already knows (`_in_study`'s cache, unexpired) that the instance `path`
+    names belongs to its study in that archive; False when it does not know (not: it does not)."""
+    match = HIERARCHY.fullmatch(path)
+    if match is None or match["instance"] is None:
+        return False
+    held = service.members.get((archive_id, match["study"], match["series"]))
+    return held is not None and held[0] > time.monotonic() and match["instance"] in held[1]
+
+
 def _instances(scope: Scope, archive_id: str, study: str, series: str, instance: str | None,
                deadline: Deadline) -> frozenset[str] | None:
     """SOPInstanceUIDs the archive lists in `series` of `study` (only `instance`, when given); None on failure."""
@@ -655,21 +679,26 @@ def _relay(answer: Any, archive_id: str) -> Response:
         log.info("gateway: archive %s answered HTTP %s to a retrieve", archive_id, answer.status)
         what = "refused the gateway's credentials" if answer.status in (401, 403) else f"answered HTTP {answer.status}"
         raise GatewayUpstreamError(f"The archive {what}.")
-    headers = {k: answer.headers[k] for k in PASSED_HEADERS if k in answer.headers}
-    headers["Cache-Control"] = "private, max-age=600"
-
     _no_delay(request.environ)
-
-    def body() -> Iterator[bytes]:
-        yield from answer.iter_bytes()
-        if answer.cut:
-            log.warning("gateway: answer from archive %s cut at the size cap or deadline", archive_id)
-
-    resp = Response(body(), status=answer.status, headers=headers, direct_passthrough=True)
+    resp = Response(_relayed(answer, archive_id), status=answer.status, headers=_relayed_headers(answer),
+                    direct_passthrough=True)
     # A body never iterated (HEAD, a client gone before the first byte) must still free the
     # archive connection; after a full read this is a no-op (the connection is back in the pool).
     resp.call_on_close(answer.close)
     return resp
+
+
+def _relayed_headers(answer: StreamedAnswer) -> dict[str, str]:
+    headers = {k: answer.headers[k] for k in PASSED_HEADERS if k in answer.headers}
+    headers["Cache-Control"] = "private, max-age=600"
+    return headers
+
+
+def _relayed(answer: StreamedAnswer, archive_id: str) -> Iterator[bytes]:
+    """The archive's body as it comes; the connection is released (or dropped) when it ends or is closed."""
+    yield from answer.iter_bytes()
+    if answer.cut:
+        log.warning("gateway: answer from archive %s cut at the size cap or deadline", archive_id)
 
 
 def _no_delay(environ: Mapping[str, Any]) -> None:
@@ -706,6 +735,91 @@ def ohif_config(scope: Scope) -> dict[str, Any]:
         "supportsReject": False, "dicomUploadEnabled": False, "omitQuotationForMultipartRequest": True,
         "bulkDataURI": {"enabled": True, "relativeResolution": "studies"},
     }]}}
+
+
+# --- the hot path: a frame of a study the viewer is already reading ---------------------------------
+
+FAST_PATH = re.compile(rf"/dicomweb/(?P<capability>[A-Za-z0-9_-]{{20,128}})/(?P<rest>studies/(?P<study>{UID})"
+                       rf"/series/{UID}/instances/{UID}(?:/frames/{FRAMES})?)")
+FAST_STATUS = frozenset({200, 206, 304})
+
+
+class FastRetrieve:
+    """WSGI middleware: a viewer's instance or frame retrieve answered without Flask's request machinery.
+
+    A viewer fetches every frame of a series, hundreds a second, through the same capability; on
+    the machines we measure (bench/gateway.py), Flask's request context, routing, response
+    object and hooks cost as much CPU as the relay itself. This path serves such a request only
+    when every decision is already made in this process, and makes them with the same functions
+    as the route:
+
+    * the capability is resolved from the store on this request too (a revocation applies at
+      once, in every process), and the scope this process loaded for it is still fresh
+      (`_cached_scope`);
+    * the study is in the guarded set, and `_in_study`'s cache holds the instance as a member of
+      that study in the first archive holding it (`_known_member`);
+    * that archive answers 200, 206 or 304.
+
+    Anything else (no cached scope yet, a refusal, a query string, another archive, a 404, an
+    error) goes to the Flask route untouched, which decides, audits and answers as always. The
+    answer carries the same headers as the route's: the relayed ones, CORS, and the app's
+    security headers (`app.extensions["security_headers"]`).
+    """
+
+    def __init__(self, app: Flask, inner: Any) -> None:
+        self.app, self.inner = app, inner
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        match = FAST_PATH.fullmatch(environ.get("PATH_INFO", "")) if environ.get("REQUEST_METHOD") == "GET" \
+            and not environ.get("QUERY_STRING") else None
+        if match is None:
+            return self.inner(environ, start_response)
+        with self.app.app_context():
+            found = _fast_answer(match, environ)
+            if found is None:
+                return self.inner(environ, start_response)
+            answer, archive_id = found
+            service = gateway()
+            with service.lock:
+                service.fast_answers += 1
+            headers = Headers(_relayed_headers(answer))
+            _cors_headers(headers, service.cors_origins, environ.get("HTTP_ORIGIN"), "GET")
+            self.app.extensions["security_headers"](headers, path=environ["PATH_INFO"], nonce=None)
+        _no_delay(environ)
+        start_response(f"{answer.status} {HTTPStatus(answer.status).phrase}", headers.to_wsgi_list())
+        return _relayed(answer, archive_id)
+
+
+def _fast_answer(match: re.Match[str], environ: Mapping[str, Any]) -> tuple[StreamedAnswer, str] | None:
+    """The archive's answer when every decision for this retrieve is already made here (see FastRetrieve)."""
+    from .federation import federation
+
+    service = gateway()
+    try:
+        cap = service.capabilities.resolve(match["capability"])
+    except CapabilityRefused:
+        return None  # refused: the route says so, and audits it
+    scope = _cached_scope(service, cap)
+    held = scope.studies.get(match["study"]) if scope is not None else None
+    if scope is None or not held or not _known_member(service, held[0], match["rest"]):
+        return None
+    archive_id, archive = held[0], scope.archives[held[0]]
+    url = f"{scope.archive_base(archive_id)}/{match['rest']}"
+    deadline = Deadline.after(service.deadline_s)
+    asked = {name: environ.get("HTTP_" + name.upper().replace("-", "_")) for name in
+             ("Accept", "Accept-Encoding", "Range", "If-None-Match")}
+    try:
+        credentials = federation().auth.for_archive(archive, iss=scope.session.iss,
+                                                     ehr_token=scope.session.access_token)
+        answer = open_stream(service.pool, url, deadline=deadline, timeout=archive.timeout_s,
+                             max_bytes=service.max_bytes,
+                             headers={**_upstream_headers(asked.get), **credentials.headers_for(url, deadline)})
+    except (ArchiveError, StreamError, requests.Timeout):
+        return None
+    if answer.status not in FAST_STATUS:
+        answer.close()
+        return None
+    return answer, archive_id
 
 
 # --- routes --------------------------------------------------------------------------------------
@@ -758,17 +872,20 @@ def _error(exc: AppError) -> Response:
 @bp.after_request
 def _cors(resp: Response) -> Response:
     """CORS for the configured viewer origins only; the capability is in the path, so no credentials mode."""
-    asked = request.headers.get("Origin")
-    if asked and asked in gateway().cors_origins:
-        resp.headers["Access-Control-Allow-Origin"] = asked
-        resp.headers["Access-Control-Expose-Headers"] = "Content-Range, Content-Length, Accept-Ranges, Content-Type"
-        if request.method == "OPTIONS":
-            resp.headers["Access-Control-Allow-Methods"] = "GET, HEAD, OPTIONS"
-            resp.headers["Access-Control-Allow-Headers"] = ALLOWED_REQUEST_HEADERS
-            resp.headers["Access-Control-Max-Age"] = "600"
-    resp.headers.add("Vary", "Origin")
-    resp.headers["Referrer-Policy"] = "no-referrer"
+    _cors_headers(resp.headers, gateway().cors_origins, request.headers.get("Origin"), request.method)
     return resp
+
+
+def _cors_headers(headers: Headers, allowed: frozenset[str], asked: str | None, method: str) -> None:
+    if asked and asked in allowed:
+        headers["Access-Control-Allow-Origin"] = asked
+        headers["Access-Control-Expose-Headers"] = "Content-Range, Content-Length, Accept-Ranges, Content-Type"
+        if method == "OPTIONS":
+            headers["Access-Control-Allow-Methods"] = "GET, HEAD, OPTIONS"
+            headers["Access-Control-Allow-Headers"] = ALLOWED_REQUEST_HEADERS
+            headers["Access-Control-Max-Age"] = "600"
+    headers.add("Vary", "Origin")
+    headers["Referrer-Policy"] = "no-referrer"
 
 
 def viewer_origins(archives: Iterable[ArchiveConfig]) -> set[str]:
@@ -801,9 +918,9 @@ def archive_http() -> requests.Session:
     return http
 
 
-def archive_pool() -> urllib3.PoolManager:
-    """The gateway's pool for streamed answers (32 keep-alive connections per archive)."""
-    return urllib3.PoolManager(num_pools=8, maxsize=32, retries=_retry())
+def archive_pool() -> StreamPool:
+    """The gateway's pool for streamed answers (32 idle keep-alive connections kept per archive)."""
+    return StreamPool(maxsize=32)
 
 
 class RedactCapabilities(logging.Filter):
@@ -852,6 +969,7 @@ def init_app(app: Flask) -> None:
     if not any(isinstance(f, RedactCapabilities) for f in server_log.filters):
         server_log.addFilter(RedactCapabilities())
     app.register_blueprint(bp)
+    app.wsgi_app = FastRetrieve(app, app.wsgi_app)  # type: ignore[method-assign]
 
 
 @bp.delete("/<capability>")

@@ -5,6 +5,9 @@ from __future__ import annotations
 import email.parser
 import http.client
 import json
+import select
+import ssl
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -12,7 +15,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import requests
-import urllib3
 
 from .errors import ResponseTooLarge
 
@@ -191,6 +193,105 @@ class PolicySession(requests.Session):
         return resp
 
 
+class StreamError(Exception):
+    """A streamed GET failed before its answer began: refused, dropped, timed out, or not HTTP."""
+
+
+Origin = tuple[str, str, int | None]
+
+
+class StreamPool:
+    """Keep-alive HTTP/1.1 connections for streamed GETs (http.client), at most `maxsize` idle per origin.
+
+    The gateway relays every frame a viewer asks for through here, so this is the one hot path of
+    outbound HTTP. http.client directly, rather than urllib3 (0.7 vs 1.0 ms of CPU per relayed
+    frame in bench/gateway.py, whose floor relay uses this pool) or requests (more again):
+    the policy needs none of their machinery. It never follows a redirect (http.client has no
+    such feature), every socket wait is bounded by the call's timeout, HTTPS verifies
+    certificates against the system's trust store (ssl.create_default_context, as urllib3's
+    default), and a connection is reused only after its previous answer was read to the end.
+    """
+
+    def __init__(self, maxsize: int = 32) -> None:
+        self.maxsize = maxsize
+        self._idle: dict[Origin, list[http.client.HTTPConnection]] = {}
+        self._lock = threading.Lock()
+        self._tls = ssl.create_default_context()
+
+    def _take(self, key: Origin) -> http.client.HTTPConnection | None:
+        """An idle connection to `key` that the server has not closed meanwhile (else None)."""
+        while True:
+            with self._lock:
+                idle = self._idle.get(key)
+                conn = idle.pop() if idle else None
+            if conn is None:
+                return None
+            if conn.sock is not None and not _readable(conn.sock):
+                return conn
+            conn.close()
+
+    def put(self, key: Origin, conn: http.client.HTTPConnection) -> None:
+        with self._lock:
+            idle = self._idle.setdefault(key, [])
+            if len(idle) < self.maxsize:
+                idle.append(conn)
+                return
+        conn.close()
+
+    def _connect(self, key: Origin, timeout: float) -> http.client.HTTPConnection:
+        scheme, host, port = key
+        if scheme == "https":
+            return http.client.HTTPSConnection(host, port, timeout=timeout, context=self._tls)
+        if scheme == "http":
+            return http.client.HTTPConnection(host, port, timeout=timeout)
+        raise StreamError(f"not an http(s) URL (scheme {scheme!r})")
+
+    def get(self, url: str, headers: Mapping[str, str], timeout: float) -> tuple[
+            Origin, http.client.HTTPConnection, http.client.HTTPResponse]:
+        """Send the GET; (origin, connection, response) once the status line and headers are in.
+
+        A pooled connection the server closed just as the request went out (Orthanc drops idle
+        ones after 1 s) fails before any answer: the GET, idempotent, is sent once more on a new one.
+        """
+        key = origin(url)
+        parts = urlsplit(url)
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        conn = self._take(key)
+        for fresh in (conn is None, True):
+            if conn is None:
+                conn = self._connect(key, timeout)
+            else:
+                conn.timeout = timeout
+                if conn.sock is not None:
+                    conn.sock.settimeout(timeout)
+            try:
+                conn.request("GET", target, headers=dict(headers))
+                return key, conn, conn.getresponse()
+            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError) as exc:
+                conn.close()
+                conn = None
+                if fresh:
+                    raise StreamError(f"{type(exc).__name__}: the server closed the connection") from exc
+            except (OSError, http.client.HTTPException) as exc:  # refused, timed out, not HTTP
+                conn.close()
+                raise StreamError(f"{type(exc).__name__}: {exc}") from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def close(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, {}
+        for conns in idle.values():
+            for conn in conns:
+                conn.close()
+
+
+def _readable(sock: Any) -> bool:
+    """Whether an idle connection has something to read: EOF (the server closed it) or stray bytes."""
+    poller = select.poll()  # poll, not select: a busy worker's descriptors may pass FD_SETSIZE
+    poller.register(sock, select.POLLIN)
+    return bool(poller.poll(0))
+
+
 class StreamedAnswer:
     """An HTTP response whose body is read lazily, chunk by chunk, under the same caps as `fetch`.
 
@@ -198,47 +299,53 @@ class StreamedAnswer:
     buffered whole: at most one chunk (256 kB) is held at a time, the byte count is checked as it
     grows, and every read waits at most `timeout`. Past `max_bytes` or the deadline the stream
     stops and the connection is closed (the client sees a short body, never a partial answer
-    presented as complete: the Content-Length it was promised is then not met).
+    presented as complete: the Content-Length it was promised is then not met). The body is
+    passed on as sent: http.client decodes no Content-Encoding.
     """
 
-    def __init__(self, resp: urllib3.BaseHTTPResponse, *, deadline: Deadline, max_bytes: int) -> None:
-        self.resp, self.deadline, self.max_bytes = resp, deadline, max_bytes
+    def __init__(self, pool: StreamPool, key: Origin, conn: http.client.HTTPConnection,
+                 resp: http.client.HTTPResponse, *, deadline: Deadline, max_bytes: int) -> None:
+        self.pool, self.key, self.conn, self.resp = pool, key, conn, resp
+        self.deadline, self.max_bytes = deadline, max_bytes
         self.status: int = resp.status
-        self.headers: Mapping[str, str] = resp.headers
+        self.headers: http.client.HTTPMessage = resp.headers  # case-insensitive, as sent
         self.cut = False  # whether the cap or the deadline stopped the body early
+        self._open = True
 
     def iter_bytes(self) -> Iterator[bytes]:
-        """The body as sent (any Content-Encoding kept), then the connection is released."""
+        """The body as sent, then the connection goes back to the pool (or is closed if cut short)."""
         size, done = 0, False
         try:
-            for chunk in self.resp.stream(STREAM_CHUNK, decode_content=False):
+            while chunk := self.resp.read(STREAM_CHUNK):
                 size += len(chunk)
                 if size > self.max_bytes or self.deadline.expired():
                     self.cut = True
                     return
                 yield chunk
             done = True
+        except (OSError, http.client.HTTPException):
+            self.cut = True  # the archive stopped sending mid-answer (timeout, reset, short body)
         finally:
-            if done:
-                self.resp.release_conn()  # read to the end: the connection goes back to the pool
+            if done and not self.resp.will_close:
+                self._open = False
+                self.pool.put(self.key, self.conn)  # read to the end: the connection is reusable
             else:
                 self.close()
 
     def close(self) -> None:
-        """Drop the connection (an unread body cannot go back to the pool)."""
-        self.resp.close()
-        self.resp.release_conn()
+        """Drop the connection (an unread body cannot go back to the pool); a no-op once released."""
+        if self._open:
+            self._open = False
+            self.resp.close()
+            self.conn.close()
 
 
-def open_stream(pool: urllib3.PoolManager, url: str, *, deadline: Deadline, timeout: float, max_bytes: int,
+def open_stream(pool: StreamPool, url: str, *, deadline: Deadline, timeout: float, max_bytes: int,
                 headers: Mapping[str, str] | None = None) -> StreamedAnswer:
-    """A GET whose body is streamed (see StreamedAnswer); redirects are never followed, as in `fetch`.
+    """A GET whose body is streamed (see StreamedAnswer and StreamPool); redirects are never followed.
 
-    urllib3 directly rather than requests: on the gateway's hot path (one call per frame) requests'
-    session machinery cost more CPU than the relay itself (0.6 vs 1.0-1.4 ms per 512 kB frame here).
-    Raises urllib3.exceptions.HTTPError (timeouts, refused or dropped connections).
+    Raises StreamError (refused, dropped or timed-out connections, an answer that is not HTTP) and
+    requests.Timeout once the deadline has passed, as `fetch` does.
     """
-    seconds = deadline.timeout(timeout)
-    resp = pool.request("GET", url, headers=dict(headers or {}), preload_content=False, redirect=False,
-                        timeout=urllib3.Timeout(connect=seconds, read=seconds))
-    return StreamedAnswer(resp, deadline=deadline, max_bytes=max_bytes)
+    key, conn, resp = pool.get(url, headers or {}, deadline.timeout(timeout))
+    return StreamedAnswer(pool, key, conn, resp, deadline=deadline, max_bytes=max_bytes)

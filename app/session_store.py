@@ -7,6 +7,7 @@ third-party cookies are blocked between /launch and /callback.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import json
@@ -22,6 +23,8 @@ from cryptography.fernet import Fernet, InvalidToken
 from flask import Flask, current_app
 
 from .errors import ConfigError, StoreUnavailable
+
+DECRYPTED_KEPT = 1024  # records whose decryption each process remembers (keyed by their ciphertext)
 
 
 class SessionStore(Protocol):
@@ -170,6 +173,10 @@ class EncryptedStore:
     def __init__(self, inner: SessionStore, key: bytes) -> None:
         self.inner = inner
         self.fernet = Fernet(key)
+        # Decryption is a pure function of the stored token: a record read again unchanged (the
+        # gateway reads its capability on every frame, to see a revocation at once) is not
+        # decrypted again. Any change is a new token (a new IV), so nothing stale is ever served.
+        self._decrypt = functools.lru_cache(maxsize=DECRYPTED_KEPT)(self._decrypt_uncached)
         self._mac_key = hmac.new(key, b"imaging-timeline store keys v1", hashlib.sha256).digest()
 
     def _key(self, key: str) -> str:
@@ -183,8 +190,12 @@ class EncryptedStore:
     def _open(self, record: dict[str, Any] | None) -> dict[str, Any] | None:
         if record is None or not isinstance(record.get("enc"), str):
             return None
+        plain = self._decrypt(record["enc"])
+        return json.loads(plain) if plain is not None else None
+
+    def _decrypt_uncached(self, token: str) -> bytes | None:
         try:
-            return json.loads(self.fernet.decrypt(record["enc"].encode()))
+            return self.fernet.decrypt(token.encode())
         except InvalidToken:
             return None
 

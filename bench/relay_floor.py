@@ -4,8 +4,9 @@
 
 A bare WSGI callable under the same gunicorn settings as `serve` (app.production: 2 gthread
 workers, 16 threads, access log) that forwards `GET /<path>` to the archive with the same
-streaming relay the gateway uses (app.http.open_stream: urllib3 pool, 256 kB chunks, headers
-passed through) and nothing else: no Flask, no capability, no session, no scope, no credentials.
+streaming relay the gateway uses (app.http.open_stream: the gateway's StreamPool of keep-alive
+connections, 256 kB chunks, headers passed through) and nothing else: no Flask, no
+capability, no session, no scope, no credentials.
 bench/gateway.py runs it beside the gateway, so that the cost of a second HTTP hop in Python
 on this machine (this floor ÷ direct) and the cost of the gateway's own decisions (gateway ÷
 this floor) are measured apart, in the same run. Never part of the product: a relay without the
@@ -18,15 +19,13 @@ import sys
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-import urllib3
-
 from app.gateway import PASSED_HEADERS, archive_pool
-from app.http import Deadline, install_header_parsing, open_stream
+from app.http import Deadline, StreamPool, install_header_parsing, open_stream
 from app.production import ProductionServer, server_options
 
 
 def relay(upstream: str) -> Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]:
-    pool: urllib3.PoolManager | None = None
+    pool: StreamPool | None = None
 
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         nonlocal pool

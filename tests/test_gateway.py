@@ -13,7 +13,6 @@ import time
 
 import pytest
 import requests
-import urllib3
 from gateway_env import gateway_env
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
@@ -207,6 +206,61 @@ def test_frames_stream_as_multipart_with_the_archives_content_type(env, amy):
     assert via.content.startswith(b"--" + boundary.encode())
     assert len(via.content) == len(direct.content)  # same body; parts differ only by boundary
     assert via.headers["Cache-Control"].startswith("private")
+
+
+def _instances(base: str, study: str, series: str) -> list[str]:
+    listed = requests.get(f"{base}/studies/{study}/series/{series}/instances", headers=DICOM_JSON, timeout=10).json()
+    return [item["00080018"]["Value"][0] for item in listed]
+
+
+COMPARED = ("Content-Encoding", "Cache-Control", "Content-Security-Policy", "X-Content-Type-Options",
+            "Referrer-Policy", "Vary", "Access-Control-Allow-Origin", "Access-Control-Expose-Headers")
+
+
+def test_frames_after_the_first_take_the_fast_path_with_the_routes_answer(env, amy):
+    """The route answers the first frame of a series (and learns its instances); the next frames
+    are answered without Flask (FastRetrieve) with the same headers and bytes as Orthanc's."""
+    _, base = amy
+    series = first_series(base, env.amy)
+    first, second = _instances(base, env.amy, series)[:2]
+    service = env.demo.app.extensions["gateway"]
+    service.scopes.clear()  # this process forgets what it knew: the route decides the first frame
+    service.members.clear()
+    asked = {**FRAMES, "Origin": VIEWER}
+    before = service.fast_answers
+    via_route = requests.get(f"{base}/studies/{env.amy}/series/{series}/instances/{first}/frames/1", headers=asked,
+                             timeout=10)
+    assert service.fast_answers == before  # the scope and the series' members were not known yet
+    path = f"studies/{env.amy}/series/{series}/instances/{second}/frames/1"
+    via_fast = requests.get(f"{base}/{path}", headers=asked, timeout=10)
+    assert service.fast_answers == before + 1
+    direct = requests.get(f"{env.dicomweb}/{path}", headers=FRAMES, stream=True, timeout=10)
+    assert via_route.status_code == via_fast.status_code == 200
+    assert {k: via_fast.headers.get(k) for k in COMPARED} == {k: via_route.headers.get(k) for k in COMPARED}
+    assert via_fast.headers["Access-Control-Allow-Origin"] == VIEWER
+    boundary = re.compile(r"boundary=([^;]+)")
+    ours, theirs = (boundary.search(r.headers["Content-Type"]).group(1) for r in (via_fast, direct))
+    assert via_fast.headers["Content-Type"] == direct.headers["Content-Type"].replace(theirs, ours)
+    assert via_fast.content == direct.content.replace(theirs.encode(), ours.encode())  # each answer its own boundary
+
+
+def test_a_revocation_reaches_the_fast_path_at_once(env):
+    browser = env.launch("pat-amy")
+    base = env.gateway(browser)
+    series = first_series(base, env.amy)
+    first, second, third = _instances(base, env.amy, series)[:3]
+    service = env.demo.app.extensions["gateway"]
+    frame = f"{base}/studies/{env.amy}/series/{series}/instances/{{}}/frames/1"
+    assert requests.get(frame.format(first), headers=FRAMES, timeout=10).status_code == 200
+    before = service.fast_answers
+    assert requests.get(frame.format(second), headers=FRAMES, timeout=10).status_code == 200
+    assert service.fast_answers == before + 1
+    assert requests.delete(base, timeout=10).status_code == 204
+    refused = requests.get(frame.format(third), headers=FRAMES, timeout=10)
+    assert refused.status_code == 401
+    assert b"--" not in refused.content
+    assert service.fast_answers == before + 1
+    assert events(env, "capability-refused")[-1]["reason"] == "revoked"
 
 
 def test_head_of_a_frame_answers_its_headers_without_a_body(env, amy):
@@ -585,40 +639,45 @@ def test_the_archives_credentials_go_to_the_archive_and_never_back_to_the_browse
     demo, seen, _ = wire
     body, link = _wire_link(demo)
     assert link["url"].startswith("weasis://") and requests.utils.unquote(link["url"]).count(link["gateway"]) == 1
-    answer = requests.get(f"{link['gateway']}/studies/{STUDY}/series/{SERIES}/instances/{SOP}", timeout=10,
-                          headers={"Range": "bytes=0-9", "Accept": 'multipart/related; type="application/dicom"'})
-    assert answer.status_code == 206
-    assert answer.headers["Content-Range"] == "bytes 0-9/100"
-    assert answer.content == b"0123456789"
-    (request,) = seen
-    assert request.headers["Range"] == "bytes=0-9"
-    assert request.headers["Accept"] == 'multipart/related; type="application/dicom"'
-    assert request.authorization is not None and request.authorization.password == SECRET
-    for header in ("WWW-Authenticate", "Set-Cookie", "Authorization"):
-        assert header not in answer.headers
-    assert SECRET not in body.text and SECRET not in json.dumps(dict(answer.headers))
+    service = demo.app.extensions["gateway"]
+    before = service.fast_answers
+    for n in range(2):  # the route answers first; then the scope and the series are known: FastRetrieve
+        answer = requests.get(f"{link['gateway']}/studies/{STUDY}/series/{SERIES}/instances/{SOP}", timeout=10,
+                              headers={"Range": "bytes=0-9", "Accept": 'multipart/related; type="application/dicom"'})
+        assert service.fast_answers == before + n
+        assert answer.status_code == 206
+        assert answer.headers["Content-Range"] == "bytes 0-9/100"
+        assert answer.content == b"0123456789"
+        request = seen[n]
+        assert request.headers["Range"] == "bytes=0-9"
+        assert request.headers["Accept"] == 'multipart/related; type="application/dicom"'
+        assert request.authorization is not None and request.authorization.password == SECRET
+        for header in ("WWW-Authenticate", "Set-Cookie", "Authorization"):
+            assert header not in answer.headers
+        assert SECRET not in body.text and SECRET not in json.dumps(dict(answer.headers))
+    assert len(seen) == 2
 
 
 # --- the outbound policy for streams (app.http.open_stream) ----------------------------------------------
 
 
 def test_a_stream_stops_at_its_size_cap(httpserver):
-    from app.http import Deadline, open_stream
+    from app.http import Deadline, StreamPool, open_stream
 
     httpserver.expect_request("/big").respond_with_data(b"x" * (300 * 1024))
-    answer = open_stream(urllib3.PoolManager(), httpserver.url_for("/big"), deadline=Deadline.after(10), timeout=5,
+    answer = open_stream(StreamPool(), httpserver.url_for("/big"), deadline=Deadline.after(10), timeout=5,
                          max_bytes=100 * 1024)
     received = b"".join(answer.iter_bytes())
     assert len(received) <= 100 * 1024 and answer.cut
 
 
 def test_a_stream_never_follows_a_redirect(httpserver, other_host):
-    from app.http import Deadline, open_stream
+    from app.http import Deadline, StreamPool, open_stream
 
     other_host.expect_request("/stolen").respond_with_data(b"never")
     httpserver.expect_request("/go").respond_with_data(b"", status=302,
                                                        headers={"Location": other_host.url_for("/stolen")})
-    answer = open_stream(urllib3.PoolManager(), httpserver.url_for("/go"), deadline=Deadline.after(10), timeout=5,
+    answer = open_stream(StreamPool(), httpserver.url_for("/go"), deadline=Deadline.after(10), timeout=5,
                          max_bytes=1024)
     assert answer.status == 302
     answer.close()
@@ -661,6 +720,91 @@ def test_a_pooled_connection_the_archive_closed_is_retried_once_on_a_fresh_one()
     listener.close()
     assert bodies == [b"ok", b"ok"]
     assert len(connections) == 2
+
+
+def _counting_server(answers: int) -> tuple[str, list[object]]:
+    """A raw HTTP/1.1 server on loopback answering `answers` GETs per connection (keep-alive); counts connections."""
+    import socket
+    import threading
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    accepted: list[object] = []
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            accepted.append(conn)
+            for _ in range(answers):
+                if not conn.recv(65536):
+                    break
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Type: text/plain\r\n\r\nhello")
+            conn.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    return f"http://127.0.0.1:{listener.getsockname()[1]}", accepted
+
+
+def test_an_answer_read_to_the_end_leaves_its_connection_for_the_next_get():
+    from app.http import Deadline, StreamPool, open_stream
+
+    url, accepted = _counting_server(answers=10)
+    pool = StreamPool()
+    for _ in range(3):
+        answer = open_stream(pool, f"{url}/frames/1", deadline=Deadline.after(10), timeout=5, max_bytes=1024)
+        assert (answer.status, b"".join(answer.iter_bytes())) == (200, b"hello")
+    assert len(accepted) == 1
+
+
+def test_an_answer_cut_short_is_never_pooled():
+    from app.http import Deadline, StreamPool, open_stream
+
+    url, accepted = _counting_server(answers=10)
+    pool = StreamPool()
+    for _ in range(2):
+        answer = open_stream(pool, f"{url}/frames/1", deadline=Deadline.after(10), timeout=5, max_bytes=3)
+        assert b"".join(answer.iter_bytes()) == b"" and answer.cut  # 5 bytes over a cap of 3
+    assert len(accepted) == 2
+
+
+def test_an_idle_connection_the_server_closed_is_not_reused():
+    """Closed while idle (Orthanc's 1 s keep-alive): seen before the request is sent, and replaced."""
+    from app.http import Deadline, StreamPool, open_stream
+
+    url, accepted = _counting_server(answers=1)  # one answer, then the server closes the connection
+    pool = StreamPool()
+    for _ in range(2):
+        answer = open_stream(pool, f"{url}/frames/1", deadline=Deadline.after(10), timeout=5, max_bytes=1024)
+        assert b"".join(answer.iter_bytes()) == b"hello"
+        time.sleep(0.05)  # the server's FIN arrives
+    assert len(accepted) == 2
+
+
+def test_a_stalled_archive_is_a_stream_error_after_the_timeout():
+    import socket
+
+    from app.http import Deadline, StreamError, StreamPool, open_stream
+
+    listener = socket.create_server(("127.0.0.1", 0))  # accepts (backlog), never answers
+    started = time.monotonic()
+    with pytest.raises(StreamError, match=r"timed out|TimeoutError"):
+        open_stream(StreamPool(), f"http://127.0.0.1:{listener.getsockname()[1]}/frames/1",
+                    deadline=Deadline.after(10), timeout=0.3, max_bytes=1024)
+    assert time.monotonic() - started < 5
+    listener.close()
+
+
+def test_streams_verify_tls_and_refuse_other_schemes():
+    import ssl
+
+    from app.http import Deadline, StreamError, StreamPool, open_stream
+
+    pool = StreamPool()
+    assert pool._tls.verify_mode == ssl.CERT_REQUIRED and pool._tls.check_hostname
+    with pytest.raises(StreamError, match="scheme"):
+        open_stream(pool, "ftp://127.0.0.1/x", deadline=Deadline.after(5), timeout=1, max_bytes=10)
 
 
 # --- the re-verification rule, as a table ------------------------------------------------------------
