@@ -688,8 +688,16 @@ def _relay(answer: Any, archive_id: str) -> Response:
     return resp
 
 
+PASSED_LOWER = {name.lower(): name for name in PASSED_HEADERS}
+
+
 def _relayed_headers(answer: StreamedAnswer) -> dict[str, str]:
-    headers = {k: answer.headers[k] for k in PASSED_HEADERS if k in answer.headers}
+    """The archive's headers a viewer gets (PASSED_HEADERS, first of each), and the gateway's caching."""
+    headers: dict[str, str] = {}
+    for name, value in answer.headers.items():  # one pass: an HTTPMessage lookup scans every header
+        passed = PASSED_LOWER.get(name.lower())
+        if passed is not None and passed not in headers:
+            headers[passed] = value
     headers["Cache-Control"] = "private, max-age=600"
     return headers
 
@@ -768,6 +776,20 @@ class FastRetrieve:
 
     def __init__(self, app: Flask, inner: Any) -> None:
         self.app, self.inner = app, inner
+        self._security: list[tuple[str, str]] | None = None
+
+    def security(self) -> list[tuple[str, str]]:
+        """What the app's security headers add to a relayed answer (the same for every one: computed once).
+
+        A relayed answer already has Cache-Control (`_relayed_headers`) and Referrer-Policy
+        (`_cors_headers`), which `security_headers` only sets where absent; the rest it adds.
+        """
+        if self._security is None:
+            given = {"Cache-Control", "Referrer-Policy"}
+            headers = Headers([(name, "") for name in given])
+            self.app.extensions["security_headers"](headers, path="/dicomweb/", nonce=None)
+            self._security = [(k, v) for k, v in headers.items() if k not in given]
+        return self._security
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
         match = FAST_PATH.fullmatch(environ.get("PATH_INFO", "")) if environ.get("REQUEST_METHOD") == "GET" \
@@ -782,11 +804,11 @@ class FastRetrieve:
             service = gateway()
             with service.lock:
                 service.fast_answers += 1
-            headers = Headers(_relayed_headers(answer))
-            _cors_headers(headers, service.cors_origins, environ.get("HTTP_ORIGIN"), "GET")
-            self.app.extensions["security_headers"](headers, path=environ["PATH_INFO"], nonce=None)
+            headers = [*_relayed_headers(answer).items(), *_cors_headers(service.cors_origins,
+                                                                         environ.get("HTTP_ORIGIN"), "GET"),
+                       *self.security()]
         _no_delay(environ)
-        start_response(f"{answer.status} {HTTPStatus(answer.status).phrase}", headers.to_wsgi_list())
+        start_response(f"{answer.status} {HTTPStatus(answer.status).phrase}", headers)
         return _relayed(answer, archive_id)
 
 
@@ -872,20 +894,24 @@ def _error(exc: AppError) -> Response:
 @bp.after_request
 def _cors(resp: Response) -> Response:
     """CORS for the configured viewer origins only; the capability is in the path, so no credentials mode."""
-    _cors_headers(resp.headers, gateway().cors_origins, request.headers.get("Origin"), request.method)
+    for name, value in _cors_headers(gateway().cors_origins, request.headers.get("Origin"), request.method):
+        if name == "Vary":
+            resp.headers.add(name, value)
+        else:
+            resp.headers[name] = value
     return resp
 
 
-def _cors_headers(headers: Headers, allowed: frozenset[str], asked: str | None, method: str) -> None:
+def _cors_headers(allowed: frozenset[str], asked: str | None, method: str) -> list[tuple[str, str]]:
+    """The headers every gateway answer gets for CORS (Vary is added to any the answer has; the rest set)."""
+    headers = []
     if asked and asked in allowed:
-        headers["Access-Control-Allow-Origin"] = asked
-        headers["Access-Control-Expose-Headers"] = "Content-Range, Content-Length, Accept-Ranges, Content-Type"
+        headers += [("Access-Control-Allow-Origin", asked),
+                    ("Access-Control-Expose-Headers", "Content-Range, Content-Length, Accept-Ranges, Content-Type")]
         if method == "OPTIONS":
-            headers["Access-Control-Allow-Methods"] = "GET, HEAD, OPTIONS"
-            headers["Access-Control-Allow-Headers"] = ALLOWED_REQUEST_HEADERS
-            headers["Access-Control-Max-Age"] = "600"
-    headers.add("Vary", "Origin")
-    headers["Referrer-Policy"] = "no-referrer"
+            headers += [("Access-Control-Allow-Methods", "GET, HEAD, OPTIONS"),
+                        ("Access-Control-Allow-Headers", ALLOWED_REQUEST_HEADERS), ("Access-Control-Max-Age", "600")]
+    return [*headers, ("Vary", "Origin"), ("Referrer-Policy", "no-referrer")]
 
 
 def viewer_origins(archives: Iterable[ArchiveConfig]) -> set[str]:
