@@ -15,7 +15,10 @@ leave the server:
   from the archive itself); one that points elsewhere is dropped.
 * WADO-RS instances, frames, bulk data, rendered and thumbnail: streamed (app.http.open_stream:
   one 256 kB chunk at a time, a per-response cap `GATEWAY_MAX_RESPONSE_BYTES`, default 4 GiB, and
-  a deadline), with `Range`, `Accept` and the multipart body passed through untouched.
+  a deadline), with `Range`, `Accept` and the multipart body passed through untouched. Once this
+  process has checked a viewer's scope and a series' instances, the next frames of that series
+  skip Flask (`FastRetrieve`, the same decisions made by the same functions, the capability
+  still read from the store every time); anything else goes through the route.
 * WADO-URI (PS3.18 §9) for rendered images (`contentType=image/jpeg|image/png`), answered by the
   WADO-RS rendered resource; `application/dicom` is refused (406): no viewer we link needs it.
 * A study outside the set → 404; an unknown, expired or revoked capability, or an ended session
