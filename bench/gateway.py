@@ -1,6 +1,6 @@
 """The DICOMweb gateway's overhead: every frame of a 200-image series via the gateway ÷ direct from Orthanc.
 
-    python bench/gateway.py [--server serve|demo] [--quick] [--write]
+    python bench/gateway.py [--server serve|serve-sqlite|demo] [--quick] [--write]
 
 A real Orthanc (tests/orthanc.py) holds one CT series of 200 slices, 512x512, 16-bit (about
 100 MB of pixel data) for Amy Shaw, beside the other-issuer trap. The app (with Orthanc as an extra
@@ -19,7 +19,8 @@ of its own. The figure is the median over rounds of (time to all 200 frames via 
 
 `--server serve` (the default) measures what a hospital runs: `imaging-timeline serve` (gunicorn
 gthread, 2 workers) on a real redis-server, the sandbox EHR (`imaging-timeline sandbox`) in a
-process of its own. `--server demo` measures the demo's single werkzeug process instead (app and
+process of its own; `--server serve-sqlite` the same on the one-host SQLite store (no Redis round
+trip per capability read). `--server demo` measures the demo's single werkzeug process instead (app and
 sandbox together), and splits a frame's time into the app's share and the HTTP server's. All
 processes share the machine's cores with Orthanc and the client.
 """
@@ -154,9 +155,10 @@ def relay_floor(workdir: Path, dicomweb: str) -> Iterator[str]:
 Run = tuple[list[tuple[str, ...]], list[str], int, str, tuple[str, ...]]  # rows, verdicts, bytes, split, columns
 
 
-def serve_run(rounds: int, client: ProcessPoolExecutor) -> Run:
-    """The production server: `imaging-timeline serve` (2 gunicorn workers, Redis), the sandbox apart."""
-    with tempfile.TemporaryDirectory() as tmp, serve_gateway_env(Path(tmp), images=200, size=512) as env:
+def serve_run(rounds: int, client: ProcessPoolExecutor, store: str = "redis") -> Run:
+    """The production server: `imaging-timeline serve` (2 gunicorn workers, `store`), the sandbox apart."""
+    with tempfile.TemporaryDirectory() as tmp, serve_gateway_env(Path(tmp), images=200, size=512,
+                                                                 store=store) as env:
         gateway = env.gateway(env.launch("pat-amy"))
         paths = frame_paths(env.dicomweb, env.amy)
         assert len(paths) == 200, len(paths)
@@ -252,15 +254,20 @@ def demo_run(rounds: int, client: ProcessPoolExecutor) -> Run:
     return rows, verdicts, size, where, header(bases)
 
 
-SERVERS = {"serve": ("`imaging-timeline serve` (2 gunicorn gthread workers, 16 threads each, Redis store; "
-                     "the sandbox EHR in its own process)", serve_run),
-           "demo": ("the demo's single werkzeug process (app and sandbox EHR together)", demo_run)}
+SERVERS = {
+    "serve": ("`imaging-timeline serve` (2 gunicorn gthread workers, 16 threads each, Redis store; "
+              "the sandbox EHR in its own process)", lambda rounds, client: serve_run(rounds, client, "redis")),
+    "serve-sqlite": ("`imaging-timeline serve` (2 gunicorn gthread workers, 16 threads each, the one-host SQLite "
+                     "store; the sandbox EHR in its own process)",
+                     lambda rounds, client: serve_run(rounds, client, "sqlite")),
+    "demo": ("the demo's single werkzeug process (app and sandbox EHR together, SQLite store)", demo_run),
+}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--server", choices=tuple(SERVERS), default="serve",
-                        help="the production server (default) or the demo's werkzeug process")
+                        help="the production server on Redis (default) or on SQLite, or the demo's werkzeug process")
     parser.add_argument("--quick", action="store_true", help="3 rounds instead of 9")
     parser.add_argument("--write", action="store_true", help="write the section of docs/BENCHMARKS.md")
     args = parser.parse_args()

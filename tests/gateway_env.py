@@ -9,7 +9,7 @@ matches PatientID case-insensitively).
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -129,19 +129,25 @@ class ServeGatewayEnv:
 
 @contextmanager
 def serve_gateway_env(workdir: Path, *, images: int = 3, size: int = 256, workers: int = 2,
-                      threads: int = 16) -> Iterator[ServeGatewayEnv]:
-    """Orthanc (Amy's CT and the traps) behind the production server: the sandbox's archives plus Orthanc."""
+                      threads: int = 16, store: str = "redis") -> Iterator[ServeGatewayEnv]:
+    """Orthanc (Amy's CT and the traps) behind the production server: the sandbox's archives plus Orthanc.
+
+    `store`: "redis" (a real redis-server, as a scale-out install) or "sqlite" (one host's file).
+    """
     amy = AMY_CT.with_uid()
     (workdir / "orthanc").mkdir()
     port = free_port()
     app_url = f"http://127.0.0.1:{port}"
-    with running_orthanc(workdir / "orthanc") as root, redis_server(workdir) as redis, \
-            sandbox_process(app_url, workdir) as (sandbox_url, config):
+    with ExitStack() as stack:
+        root = stack.enter_context(running_orthanc(workdir / "orthanc"))
+        url = stack.enter_context(redis_server(workdir)).url if store == "redis" else \
+            f"sqlite:///{workdir / 'sessions.db'}"
+        sandbox_url, config = stack.enter_context(sandbox_process(app_url, workdir))
         upload_files(root, image_series(amy, images, size) + image_series(OTHER_ISSUER.with_uid(), 2)
                      + image_series(CASE_VARIANT.with_uid(), 2))
         archives = config / "archives.toml"
         archives.write_text(archives.read_text() + orthanc_archive(f"{root}/dicom-web", "https://viewer.example"))
-        env = {"IMAGING_SESSION_STORE": redis.url,
+        env = {"IMAGING_SESSION_STORE": url,
                "IMAGING_SESSION_KEY_FILE": str(fernet_key_file(workdir / "session.key"))}
         with serve_process(port, config, workdir, workers=workers, threads=threads, env=env):
             yield ServeGatewayEnv(app_url, sandbox_url, root, amy.uid)
