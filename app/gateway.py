@@ -56,6 +56,7 @@ from pydicom.datadict import keyword_for_tag, tag_for_keyword
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 from werkzeug.datastructures import Headers
+from werkzeug.wsgi import ClosingIterator
 
 from .archives.base import ArchiveClient
 from .archives.config import ArchiveConfig
@@ -812,7 +813,9 @@ class FastRetrieve:
                        *self.security()]
         _no_delay(environ)
         start_response(f"{answer.status} {HTTPStatus(answer.status).phrase}", headers)
-        return _relayed(answer, archive_id)
+        # The server closes what it was given even when the client left before the first byte (a
+        # generator never started runs no `finally`): the archive connection is dropped then too.
+        return ClosingIterator(_relayed(answer, archive_id), answer.close)
 
 
 def _fast_answer(match: re.Match[str], environ: Mapping[str, Any]) -> tuple[StreamedAnswer, str] | None:
@@ -822,8 +825,8 @@ def _fast_answer(match: re.Match[str], environ: Mapping[str, Any]) -> tuple[Stre
     service = gateway()
     try:
         cap = service.capabilities.resolve(match["capability"])
-    except CapabilityRefused:
-        return None  # refused: the route says so, and audits it
+    except AppError:
+        return None  # refused, or the store is down: the route says so (and audits a refusal)
     scope = _cached_scope(service, cap)
     held = scope.studies.get(match["study"]) if scope is not None else None
     if scope is None or not held or not _known_member(service, held[0], match["rest"]):
@@ -891,6 +894,8 @@ def _error(exc: AppError) -> Response:
     resp = jsonify({"error": exc.code, "title": exc.title, "message": exc.message})
     resp.status_code = exc.status
     resp.headers["Cache-Control"] = "no-store"
+    if exc.status == 503:
+        resp.headers["Retry-After"] = "5"  # a temporary outage (the session store): the viewer may retry
     return resp
 
 
