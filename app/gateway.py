@@ -571,22 +571,13 @@ def _binary(scope: Scope, path: str, uid: str, deadline: Deadline, *, query: str
     held = _study_in_scope(scope, uid)
     raw_query = request.query_string.decode("latin-1") if query is None else query
     headers = _upstream_headers(request.headers.get, accept)
-    from .federation import federation
-
     refused = 0
     for n, archive_id in enumerate(held):
-        archive = scope.archives[archive_id]
         if not _in_study(scope, archive_id, path, deadline):
             refused += 1
             continue
-        # The raw query string, not `params`: Orthanc refuses a percent-encoded viewport comma (400).
-        url = f"{scope.archive_base(archive_id)}/{path}" + (f"?{raw_query}" if raw_query else "")
         try:
-            credentials = federation().auth.for_archive(archive, iss=scope.session.iss,
-                                                         ehr_token=scope.session.access_token)
-            answer = open_stream(service.pool, url, deadline=deadline, timeout=archive.timeout_s,
-                                 max_bytes=service.max_bytes,
-                                 headers={**headers, **credentials.headers_for(url, deadline)})
+            answer = _retrieve(service, scope, archive_id, path, raw_query, headers, deadline)
         except ArchiveError as exc:
             log.info("gateway: archive %s refused credentials for a retrieve: %s", archive_id, exc.code)
             continue
@@ -604,6 +595,22 @@ def _binary(scope: Scope, path: str, uid: str, deadline: Deadline, *, query: str
         raise _refuse("outside-study", scope.cap, GatewayNotFound("No such series or instance in this study."),
                       study=uid)
     raise GatewayUpstreamError("No archive holding this study answered.")
+
+
+def _retrieve(service: Gateway, scope: Scope, archive_id: str, path: str, raw_query: str,
+              headers: Mapping[str, str], deadline: Deadline) -> StreamedAnswer:
+    """Send one retrieve to one archive with that archive's own credentials (route and fast path alike).
+
+    Raises ArchiveError (credentials refused), StreamError (unreachable) or requests.Timeout.
+    """
+    from .federation import federation
+
+    archive = scope.archives[archive_id]
+    # The raw query string, not `params`: Orthanc refuses a percent-encoded viewport comma (400).
+    url = f"{scope.archive_base(archive_id)}/{path}" + (f"?{raw_query}" if raw_query else "")
+    credentials = federation().auth.for_archive(archive, iss=scope.session.iss, ehr_token=scope.session.access_token)
+    return open_stream(service.pool, url, deadline=deadline, timeout=archive.timeout_s, max_bytes=service.max_bytes,
+                       headers={**headers, **credentials.headers_for(url, deadline)})
 
 
 def _upstream_headers(asked: Any, accept: str | None = None) -> dict[str, str]:
@@ -820,7 +827,6 @@ class FastRetrieve:
 
 def _fast_answer(match: re.Match[str], environ: Mapping[str, Any]) -> tuple[StreamedAnswer, str] | None:
     """The archive's answer when every decision for this retrieve is already made here (see FastRetrieve)."""
-    from .federation import federation
 
     service = gateway()
     try:
@@ -831,23 +837,17 @@ def _fast_answer(match: re.Match[str], environ: Mapping[str, Any]) -> tuple[Stre
     held = scope.studies.get(match["study"]) if scope is not None else None
     if scope is None or not held or not _known_member(service, held[0], match["rest"]):
         return None
-    archive_id, archive = held[0], scope.archives[held[0]]
-    url = f"{scope.archive_base(archive_id)}/{match['rest']}"
-    deadline = Deadline.after(service.deadline_s)
     asked = {name: environ.get("HTTP_" + name.upper().replace("-", "_")) for name in
              ("Accept", "Accept-Encoding", "Range", "If-None-Match")}
     try:
-        credentials = federation().auth.for_archive(archive, iss=scope.session.iss,
-                                                     ehr_token=scope.session.access_token)
-        answer = open_stream(service.pool, url, deadline=deadline, timeout=archive.timeout_s,
-                             max_bytes=service.max_bytes,
-                             headers={**_upstream_headers(asked.get), **credentials.headers_for(url, deadline)})
+        answer = _retrieve(service, scope, held[0], match["rest"], "", _upstream_headers(asked.get),
+                           Deadline.after(service.deadline_s))
     except (ArchiveError, StreamError, requests.Timeout):
         return None
     if answer.status not in FAST_STATUS:
         answer.close()
         return None
-    return answer, archive_id
+    return answer, held[0]
 
 
 # --- routes --------------------------------------------------------------------------------------

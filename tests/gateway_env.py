@@ -51,6 +51,19 @@ via = "{via}"
 '''
 
 
+def series_of(base: str, study: str) -> list[str]:
+    """SeriesInstanceUIDs of `study` as a DICOMweb base (Orthanc or the gateway) lists them."""
+    listed = requests.get(f"{base}/studies/{study}/series", headers={"Accept": "application/dicom+json"}, timeout=10)
+    return [item["0020000E"]["Value"][0] for item in listed.json()]
+
+
+def instances_of(base: str, study: str, series: str) -> list[str]:
+    """SOPInstanceUIDs of one series as a DICOMweb base lists them."""
+    listed = requests.get(f"{base}/studies/{study}/series/{series}/instances",
+                          headers={"Accept": "application/dicom+json"}, timeout=10)
+    return [item["00080018"]["Value"][0] for item in listed.json()]
+
+
 @dataclass
 class GatewayEnv:
     """A running demo + Orthanc, and the UIDs of what Orthanc holds."""

@@ -13,7 +13,7 @@ import time
 
 import pytest
 import requests
-from gateway_env import gateway_env
+from gateway_env import gateway_env, instances_of, series_of
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
@@ -58,13 +58,11 @@ def uids(answer: requests.Response) -> set[str]:
 
 
 def first_series(base: str, study: str) -> str:
-    return requests.get(f"{base}/studies/{study}/series", headers=DICOM_JSON, timeout=10).json()[0][
-        "0020000E"]["Value"][0]
+    return series_of(base, study)[0]
 
 
 def first_instance(base: str, study: str, series: str) -> str:
-    return requests.get(f"{base}/studies/{study}/series/{series}/instances", headers=DICOM_JSON, timeout=10).json()[0][
-        "00080018"]["Value"][0]
+    return instances_of(base, study, series)[0]
 
 
 def events(env, name: str) -> list[dict]:
@@ -208,11 +206,6 @@ def test_frames_stream_as_multipart_with_the_archives_content_type(env, amy):
     assert via.headers["Cache-Control"].startswith("private")
 
 
-def _instances(base: str, study: str, series: str) -> list[str]:
-    listed = requests.get(f"{base}/studies/{study}/series/{series}/instances", headers=DICOM_JSON, timeout=10).json()
-    return [item["00080018"]["Value"][0] for item in listed]
-
-
 COMPARED = ("Content-Encoding", "Cache-Control", "Content-Security-Policy", "X-Content-Type-Options",
             "Referrer-Policy", "Vary", "Access-Control-Allow-Origin", "Access-Control-Expose-Headers")
 
@@ -222,7 +215,7 @@ def test_frames_after_the_first_take_the_fast_path_with_the_routes_answer(env, a
     are answered without Flask (FastRetrieve) with the same headers and bytes as Orthanc's."""
     _, base = amy
     series = first_series(base, env.amy)
-    first, second = _instances(base, env.amy, series)[:2]
+    first, second = instances_of(base, env.amy, series)[:2]
     service = env.demo.app.extensions["gateway"]
     service.scopes.clear()  # this process forgets what it knew: the route decides the first frame
     service.members.clear()
@@ -248,7 +241,7 @@ def test_a_revocation_reaches_the_fast_path_at_once(env):
     browser = env.launch("pat-amy")
     base = env.gateway(browser)
     series = first_series(base, env.amy)
-    first, second, third = _instances(base, env.amy, series)[:3]
+    first, second, third = instances_of(base, env.amy, series)[:3]
     service = env.demo.app.extensions["gateway"]
     frame = f"{base}/studies/{env.amy}/series/{series}/instances/{{}}/frames/1"
     assert requests.get(frame.format(first), headers=FRAMES, timeout=10).status_code == 200

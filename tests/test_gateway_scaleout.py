@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import requests
 from cryptography.fernet import Fernet
-from gateway_env import gateway_env
+from gateway_env import gateway_env, instances_of, series_of
 from test_session_store import redis_url  # noqa: F401  (the real redis-server fixture)
 
 from app import create_app
@@ -52,12 +52,9 @@ def test_a_store_outage_on_the_fast_path_is_the_routes_readable_503(tmp_path, or
     try:
         with gateway_env(tmp_path, app_options={"SESSION_STORE": redis.url, "SESSION_KEY_FILE": str(key_file)}) as env:
             base = env.gateway(env.launch("pat-amy"))
-            series = requests.get(f"{base}/studies/{env.amy}/series", headers=DICOM_JSON, timeout=10).json()[0][
-                "0020000E"]["Value"][0]
-            listed = requests.get(f"{base}/studies/{env.amy}/series/{series}/instances", headers=DICOM_JSON,
-                                  timeout=10).json()
-            frames = [f"{base}/studies/{env.amy}/series/{series}/instances/{i['00080018']['Value'][0]}/frames/1"
-                      for i in listed]
+            (series,) = series_of(base, env.amy)
+            frames = [f"{base}/studies/{env.amy}/series/{series}/instances/{sop}/frames/1"
+                      for sop in instances_of(base, env.amy, series)]
             service = env.demo.app.extensions["gateway"]
             assert requests.get(frames[0], headers=FRAMES, timeout=10).status_code == 200
             before = service.fast_answers
