@@ -160,6 +160,35 @@ def test_the_servers_default_range_is_applied_once(page, demo):
     assert page.locator("[data-study-uid]").count() == len(fixture["studies"])
 
 
+# Records, at the moment the list stops saying it is busy, how many study rows it shows.
+RECORD_ROWS_WHEN_NOT_BUSY = """
+document.addEventListener('DOMContentLoaded', () => {
+  const list = document.getElementById('study-list');
+  window.__rowsWhenDone = [];
+  new MutationObserver(() => {
+    if (list.getAttribute('aria-busy') === 'false') {
+      window.__rowsWhenDone.push(document.querySelectorAll('[data-study-uid]').length);
+    }
+  }).observe(list, { attributes: true, attributeFilter: ['aria-busy'] });
+});
+"""
+
+
+def test_the_list_is_not_busy_before_its_rows_are_shown(page, demo):
+    """aria-busy="false" means the list is complete: tests, screen readers and people can rely on it.
+
+    It was set on the last event and the rows drawn a frame later, so a reader (or a check) could
+    find a finished list with no rows in it.
+    """
+    fixture = contract_fixture(real_views(page, demo, "pat-amy"))
+    serve_fixture(page, fixture)
+    page.add_init_script(RECORD_ROWS_WHEN_NOT_BUSY)
+    show(page)
+    shown = page.locator("[data-study-uid]").count()
+    assert shown == len(fixture["studies"])  # the pinned study is not listed twice
+    assert page.evaluate("window.__rowsWhenDone") == [shown]
+
+
 def test_without_the_contract_fields_the_page_adds_nothing(page, demo):
     """An older server's views (no pinned, prior, signals, orders, stubs, retry): nothing extra is shown."""
     answer = real_views(page, demo, "pat-amy")

@@ -153,9 +153,15 @@ function keepAnchor(anchor) {
 function scheduleRender() {
   if (state.renderQueued) return;
   state.renderQueued = true;
-  const run = () => { state.renderQueued = false; render(); };
+  const run = () => { if (state.renderQueued) { state.renderQueued = false; render(); } };
   if (document.hidden || typeof requestAnimationFrame !== 'function') setTimeout(run, 0);
   else requestAnimationFrame(run);
+}
+
+/** Render now (a queued render then does nothing): before the list says it is no longer busy. */
+function renderNow() {
+  state.renderQueued = false;
+  render();
 }
 
 function currentAndPriors(all) {
@@ -601,18 +607,17 @@ function openStream(url, { primary }) {
     applyTopLevel(data);
     if (primary) {
       state.done = true;
+      renderNow();
       setBusy(false);
       announce(finalSummary());
-    }
-    scheduleRender();
+    } else scheduleRender();
   });
   source.addEventListener('fatal', (event) => {
     const data = parse(event) || {};
     source.close();
-    if (primary) { state.failed = true; setBusy(false); }
     showFatal(str(data.message) || 'The search failed.', data.status !== 401);
     interruptSearching(str(data.message));
-    scheduleRender();
+    finish(primary);
   });
   source.onerror = () => {
     if (source.readyState === EventSource.CLOSED && (state.done || state.failed)) return;
@@ -623,12 +628,19 @@ function openStream(url, { primary }) {
     state.reconnects = (state.reconnects || 0) + 1;
     if (source.readyState === EventSource.CONNECTING && state.reconnects <= 3) return;
     source.close();
-    if (primary) { state.failed = true; setBusy(false); }
     showFatal('The connection to the server was lost before every archive answered.', true);
     interruptSearching('the connection to the server was lost');
-    scheduleRender();
+    finish(primary);
   };
   return source;
+}
+
+/** A stream that ended badly: the primary one shows what it has, then stops saying it is busy. */
+function finish(primary) {
+  if (!primary) { scheduleRender(); return; }
+  state.failed = true;
+  renderNow();
+  setBusy(false);
 }
 
 function connect() {
