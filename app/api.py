@@ -473,7 +473,7 @@ def init_app(app: Flask) -> None:
     # Access entries name patients and studies: they go to IMAGING_ACCESS_LOG only, never the app log.
     access_log.propagate = False
     if not app.config.get("ACCESS_LOG_FILE"):
-        log.warning("IMAGING_ACCESS_LOG is not set: viewer openings are not recorded")
+        log.warning("IMAGING_ACCESS_LOG is not set: viewer openings go to the audit trail only")
     app.extensions["prefetch"] = Prefetcher(store=app.extensions.get("session_store"),
                                             replay_s=float(app.config["SEARCH_REPLAY_S"]))
     app.register_blueprint(bp)

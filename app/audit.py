@@ -29,7 +29,7 @@ from flask import Flask, current_app, has_request_context, request
 from .audit_event import Action, AuditEvent, Outcome
 from .audit_store import STORE_ERRORS, AuditStore, Pending, open_audit_store
 from .errors import AppError, AuditUnavailable
-from .http import Deadline, fetch
+from .http import Deadline, OutboundSession, fetch
 
 if TYPE_CHECKING:
     from .archives.auth import SmartBackendAuth
@@ -200,7 +200,7 @@ def _forwarder(app: Flask, store: AuditStore) -> Forwarder | None:
     url = app.config.get("AUDIT_FHIR_URL")
     if not url:
         return None
-    http = requests.Session()
+    http = OutboundSession()
     auth = None
     client_id = app.config.get("AUDIT_FHIR_CLIENT_ID")
     if client_id:

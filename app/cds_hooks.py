@@ -38,7 +38,7 @@ from .cds_auth import CdsAuthenticator, VerifiedCall, load_clients
 from .errors import AppError, CdsForbidden, CdsRequestError
 from .federation import ArchiveOutcome, Federation, federation, merge_studies
 from .fhir import is_fhir_id, read_patient, to_summary
-from .http import Deadline
+from .http import Deadline, OutboundSession
 from .models import LaunchContext, PatientSummary, Study
 from .smart import fhir_user_url
 
@@ -357,7 +357,7 @@ def _cors(resp: Response) -> Response:
 
 def init_app(app: Flask) -> None:
     """Attach the services; needs the audit store (audit.init_app first) for single-use JWT ids."""
-    http = requests.Session()
+    http = OutboundSession()
     clients = load_clients(app.config.get("CDS_CLIENTS"))
     local = app.config.get("CDS_LOCAL_ARCHIVES") or ()
     if isinstance(local, str):

@@ -27,7 +27,7 @@ from .archives.config import ArchiveConfig, load_archives
 from .archives.dicomweb import DicomWebArchive
 from .archives.fhir import FhirArchive
 from .errors import ArchiveError, ArchiveNotLinked, ArchiveTimeout
-from .http import Deadline
+from .http import Deadline, OutboundSession
 from .locks import hashed_key
 from .models import ArchiveStatus, LaunchContext, PatientSummary, Study
 from .outcome_json import outcome_of, outcome_to_json
@@ -91,7 +91,7 @@ class Federation:
                  clock: Callable[[], float] = time.monotonic, max_workers: int = 8,
                  adapter_factory: AdapterFactory = make_archive, shared_cache: SessionStore | None = None) -> None:
         self.archives = tuple(archives)
-        self.http = http or requests.Session()
+        self.http = http or OutboundSession()
         self.auth = AuthFactory(self.http, private_key=private_key, env=env)
         self.deadline_s, self.cache_ttl_s, self.max_bytes = deadline_s, cache_ttl_s, max_bytes
         self.clock, self.max_workers, self.adapter_factory = clock, max_workers, adapter_factory
@@ -369,7 +369,7 @@ def init_app(app: Flask) -> None:
         log.warning("no archives configured (IMAGING_ARCHIVES): the timeline will be empty")
     keys = app.extensions.get("app_keys")
     app.extensions["federation"] = Federation(
-        tuple(archives or ()), http=requests.Session(),
+        tuple(archives or ()), http=OutboundSession(),
         private_key=keys.by_alg.get("RS384") if keys is not None else None,
         deadline_s=float(app.config.get("FEDERATION_DEADLINE_S", 30.0)),
         cache_ttl_s=float(app.config.get("STUDY_CACHE_TTL_S", 120)),

@@ -62,7 +62,7 @@ from .archives.base import ArchiveClient
 from .archives.config import ArchiveConfig
 from .capabilities import AuditHook, Capabilities, Capability, CapabilityRefused, log_audit
 from .errors import AppError, ArchiveError, ArchiveNotLinked
-from .http import Deadline, StreamedAnswer, StreamError, StreamPool, open_stream, origin
+from .http import Deadline, OutboundSession, StreamedAnswer, StreamError, StreamPool, open_stream, origin
 from .identity import link as identity_link
 from .session import SmartSession
 from .session_store import store
@@ -946,7 +946,7 @@ def _retry() -> Retry:
 
 def archive_http() -> requests.Session:
     """The gateway's session for JSON answers: pooled keep-alive connections (32 per archive)."""
-    http = requests.Session()
+    http = OutboundSession()
     for scheme in ("http://", "https://"):
         http.mount(scheme, HTTPAdapter(pool_connections=8, pool_maxsize=32, max_retries=_retry()))
     return http

@@ -5,6 +5,7 @@ from __future__ import annotations
 import email.parser
 import http.client
 import json
+import os
 import select
 import ssl
 import threading
@@ -48,7 +49,10 @@ def install_header_parsing() -> None:
         http.client.parse_headers = _parse_headers  # type: ignore[assignment]
 
 
-def origin(url: str) -> tuple[str, str, int | None]:
+Origin = tuple[str, str, int | None]
+
+
+def origin(url: str) -> Origin:
     """(scheme, host, port) with the default port made explicit: the unit tokens are bound to."""
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
@@ -159,7 +163,63 @@ class AnswerTooLarge(requests.RequestException, ValueError):
     """An answer read through PolicySession exceeded its size cap."""
 
 
-class PolicySession(requests.Session):
+@dataclass
+class OutboundEnv:
+    """What the environment says about outbound HTTP, read once, for every client this app makes.
+
+    The variables are requests' own: `REQUESTS_CA_BUNDLE` (else `CURL_CA_BUNDLE`) names the CA
+    bundle (a file or a c_rehash'ed folder) for a hospital's private CA or TLS-inspecting proxy;
+    `HTTPS_PROXY`/`HTTP_PROXY`/`ALL_PROXY` and `NO_PROXY` choose a proxy per origin. requests
+    looks them up again on every request (and ~/.netrc, whose passwords this app never sends:
+    archive credentials come from its own configuration only); here they are read when a client
+    is made and the proxy choice is kept per origin. The gateway's StreamPool uses the same.
+    """
+
+    ca_bundle: str | None
+    _proxies: dict[Origin, dict[str, str]] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_environ(cls) -> OutboundEnv:
+        return cls(os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or None)
+
+    def proxies_for(self, url: str) -> dict[str, str]:
+        """The proxies requests would use for `url` (empty where NO_PROXY applies or none is set)."""
+        key = origin(url)
+        found = self._proxies.get(key)
+        if found is None:
+            found = dict(requests.utils.get_environ_proxies(url))
+            if len(self._proxies) < 1024:  # bounded: origins come from configuration and FHIR answers
+                self._proxies[key] = found
+        return found
+
+    def proxy_url(self, url: str) -> str | None:
+        """The proxy a request to `url` goes through, chosen as requests does (scheme://host, scheme, all)."""
+        return requests.utils.select_proxy(url, self.proxies_for(url)) or None
+
+    def tls_context(self) -> ssl.SSLContext:
+        """Certificates verified against the CA bundle if one is named, else the system's trust store."""
+        bundle = self.ca_bundle
+        if bundle and os.path.isdir(bundle):
+            return ssl.create_default_context(capath=bundle)
+        return ssl.create_default_context(cafile=bundle or None)
+
+
+class OutboundSession(requests.Session):
+    """A requests.Session that takes the CA bundle and proxies from `OutboundEnv` (see there)."""
+
+    def __init__(self, *args: Any, env: OutboundEnv | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.outbound = env or OutboundEnv.from_environ()
+        self.trust_env = False
+        self.verify = self.outbound.ca_bundle or True
+
+    def request(self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any) -> requests.Response:
+        if kwargs.get("proxies") is None:
+            kwargs["proxies"] = self.outbound.proxies_for(url.decode() if isinstance(url, bytes) else url)
+        return super().request(method, url, *args, **kwargs)
+
+
+class PolicySession(OutboundSession):
     """A requests.Session that applies this module's rules to every call a library makes through it.
 
     For libraries that make their own requests (authlib's token exchange and refresh): redirects
@@ -197,9 +257,6 @@ class StreamError(Exception):
     """A streamed GET failed before its answer began: refused, dropped, timed out, or not HTTP."""
 
 
-Origin = tuple[str, str, int | None]
-
-
 class StreamPool:
     """Keep-alive HTTP/1.1 connections for streamed GETs (http.client), at most `maxsize` idle per origin.
 
@@ -212,11 +269,12 @@ class StreamPool:
     default), and a connection is reused only after its previous answer was read to the end.
     """
 
-    def __init__(self, maxsize: int = 32) -> None:
+    def __init__(self, maxsize: int = 32, *, env: OutboundEnv | None = None) -> None:
         self.maxsize = maxsize
+        self.env = env or OutboundEnv.from_environ()
         self._idle: dict[Origin, list[http.client.HTTPConnection]] = {}
         self._lock = threading.Lock()
-        self._tls = ssl.create_default_context()
+        self._tls = self.env.tls_context()
 
     def _take(self, key: Origin) -> http.client.HTTPConnection | None:
         """An idle connection to `key` that the server has not closed meanwhile (else None)."""
@@ -238,13 +296,28 @@ class StreamPool:
                 return
         conn.close()
 
-    def _connect(self, key: Origin, timeout: float) -> http.client.HTTPConnection:
+    def _connect(self, key: Origin, url: str, timeout: float) -> http.client.HTTPConnection:
+        """A new connection to the archive: direct, or through the proxy OutboundEnv names for it."""
         scheme, host, port = key
-        if scheme == "https":
-            return http.client.HTTPSConnection(host, port, timeout=timeout, context=self._tls)
-        if scheme == "http":
+        if scheme not in ("http", "https"):
+            raise StreamError(f"not an http(s) URL (scheme {scheme!r})")
+        proxy = self.env.proxy_url(url)
+        if proxy is None:
+            if scheme == "https":
+                return http.client.HTTPSConnection(host, port, timeout=timeout, context=self._tls)
             return http.client.HTTPConnection(host, port, timeout=timeout)
-        raise StreamError(f"not an http(s) URL (scheme {scheme!r})")
+        via = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+        if via.scheme != "http" or not via.hostname:
+            raise StreamError(f"proxy {via.scheme}://{via.hostname} is not an http:// proxy (the gateway "
+                              "reaches archives through http:// proxies only)")
+        auth = _proxy_authorization(via.username, via.password)
+        if scheme == "https":  # CONNECT, then TLS to the archive itself through the tunnel
+            tunnel = http.client.HTTPSConnection(via.hostname, via.port or 80, timeout=timeout, context=self._tls)
+            tunnel.set_tunnel(host, port, headers=auth)
+            return tunnel
+        proxied = _ProxiedHTTPConnection(via.hostname, via.port or 80, timeout=timeout)
+        proxied.proxy_headers = auth
+        return proxied
 
     def get(self, url: str, headers: Mapping[str, str], timeout: float) -> tuple[
             Origin, http.client.HTTPConnection, http.client.HTTPResponse]:
@@ -259,13 +332,17 @@ class StreamPool:
         conn = self._take(key)
         for fresh in (conn is None, True):
             if conn is None:
-                conn = self._connect(key, timeout)
+                conn = self._connect(key, url, timeout)
             else:
                 conn.timeout = timeout
                 if conn.sock is not None:
                     conn.sock.settimeout(timeout)
+            sent = dict(headers)
+            if isinstance(conn, _ProxiedHTTPConnection):  # a plain-http proxy is sent the absolute URL
+                sent.update(conn.proxy_headers)
             try:
-                conn.request("GET", target, headers=dict(headers))
+                conn.request("GET", url.split("#", 1)[0] if isinstance(conn, _ProxiedHTTPConnection) else target,
+                             headers=sent)
                 return key, conn, conn.getresponse()
             except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError) as exc:
                 conn.close()
@@ -283,6 +360,21 @@ class StreamPool:
         for conns in idle.values():
             for conn in conns:
                 conn.close()
+
+
+class _ProxiedHTTPConnection(http.client.HTTPConnection):
+    """A connection to a plain-http proxy, for http:// archives behind it (absolute-form requests)."""
+
+    proxy_headers: dict[str, str]
+
+
+def _proxy_authorization(user: str | None, password: str | None) -> dict[str, str]:
+    """Basic credentials for a proxy named with them (http://user:pass@proxy:3128), as requests sends."""
+    if user is None:
+        return {}
+    from urllib.parse import unquote
+
+    return {"Proxy-Authorization": requests.auth._basic_auth_str(unquote(user), unquote(password or ""))}
 
 
 def _readable(sock: Any) -> bool:

@@ -31,7 +31,7 @@ from .errors import (
     TokenError,
 )
 from .fhir import is_fhir_id, read_patient
-from .http import same_origin
+from .http import OutboundSession, same_origin
 from .keys import app_keys
 from .models import LaunchContext
 from .registration import registration
@@ -482,7 +482,7 @@ def _load_style(url: str | None) -> dict[str, str] | None:
 def init_app(app: Flask) -> None:
     if not app.config.get("PUBLIC_URL"):
         app.config["PUBLIC_URL"] = registered_public_url(app)
-    http = requests.Session()
+    http = OutboundSession()
     http.headers["User-Agent"] = "imaging-timeline/0.1"
     pool = requests.adapters.HTTPAdapter(pool_connections=16, pool_maxsize=32)
     http.mount("https://", pool)

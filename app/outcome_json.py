@@ -24,10 +24,28 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 
+_SCALARS = (str, int, float, type(None))  # bool is an int
+
+
+_FIELD_NAMES: dict[type, tuple[str, ...] | None] = {}
+
+
+def _field_names(cls: type) -> tuple[str, ...] | None:
+    """A dataclass's field names (None for any other class): looked up once per class."""
+    try:
+        return _FIELD_NAMES[cls]
+    except KeyError:
+        names = tuple(f.name for f in dataclasses.fields(cls)) if dataclasses.is_dataclass(cls) else None
+        return _FIELD_NAMES.setdefault(cls, names)
+
+
 def encode(value: Any) -> Any:
     """Plain JSON for a dataclass tree (datetimes as ISO 8601, tuples and sets as lists)."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: encode(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, _SCALARS):  # most values: answered before any other check
+        return value
+    names = None if isinstance(value, type) else _field_names(type(value))
+    if names is not None:
+        return {name: encode(getattr(value, name)) for name in names}
     if isinstance(value, date):  # datetime included
         return value.isoformat()
     if isinstance(value, set | frozenset):

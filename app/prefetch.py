@@ -167,6 +167,8 @@ class Prefetcher:
         while time.monotonic() < give_up:
             record = self.store.get(record_key)
             for data in (record or {}).get("outcomes", []):
+                if _archive_of(data) in seen:  # read back only what this reader has not had yet
+                    continue
                 event = outcome_from_json(data)
                 if event.status.id not in seen:
                     seen.add(event.status.id)
@@ -234,3 +236,10 @@ class Prefetcher:
                         self.store.release(lease.lock, lease.token)
             except AppError:
                 log.warning("could not renew a search lease")
+
+
+def _archive_of(data: Any) -> str | None:
+    """The archive id of a published outcome, without decoding the rest of it."""
+    status = data.get("status") if isinstance(data, dict) else None
+    archive = status.get("id") if isinstance(status, dict) else None
+    return archive if isinstance(archive, str) else None
