@@ -109,39 +109,18 @@ class AuditEvent:
             {"type": {"coding": [{"system": DCM, "code": "110152", "display": "Destination Role ID"}]},
              "who": {"display": observer}, "requestor": False},
         ]
-        entities: list[dict[str, Any]] = [{
-            "what": {"reference": f"Patient/{self.patient}"},
-            "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "1",
-                     "display": "Person"},
-            "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "1",
-                     "display": "Patient"},
-        }]
+        entities: list[dict[str, Any]] = [
+            _entity("1", "Person", "1", "Patient", what={"reference": f"Patient/{self.patient}"})]
         for uid in self.studies:
-            entities.append({
-                "what": {"identifier": {"system": "urn:dicom:uid", "value": f"urn:oid:{uid}"},
-                         "display": "ImagingStudy"},
-                "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "2",
-                         "display": "System Object"},
-                "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "4",
-                         "display": "Domain Resource"},
-            })
+            entities.append(_entity("2", "System Object", "4", "Domain Resource", what={
+                "identifier": {"system": "urn:dicom:uid", "value": f"urn:oid:{uid}"}, "display": "ImagingStudy"}))
         for report in self.reports:
-            entities.append({
-                "what": {"reference": f"DiagnosticReport/{report}"},
-                "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "2",
-                         "display": "System Object"},
-                "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "3",
-                         "display": "Report"},
-            })
+            entities.append(_entity("2", "System Object", "3", "Report",
+                                    what={"reference": f"DiagnosticReport/{report}"}))
         if query:
             description = json.dumps({"patient": self.patient, "archive": self.archive}, separators=(",", ":"))
-            entities.append({
-                "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "2",
-                         "display": "System Object"},
-                "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "24",
-                         "display": "Query"},
-                "query": base64.b64encode(description.encode()).decode(),
-            })
+            entities.append(_entity("2", "System Object", "24", "Query",
+                                    query=base64.b64encode(description.encode()).decode()))
         resource: dict[str, Any] = {
             "resourceType": "AuditEvent",
             "meta": {"profile": [profile]},
@@ -163,3 +142,14 @@ class AuditEvent:
             for entity in entities[1:]:
                 entity["detail"] = [{"type": "archive", "valueString": self.archive}]
         return resource
+
+
+def _entity(type_code: str, type_display: str, role_code: str, role_display: str, **fields: Any) -> dict[str, Any]:
+    """An AuditEvent.entity: its audit-entity-type and object-role codings, then `what` or `query`."""
+    entity: dict[str, Any] = {k: v for k, v in fields.items() if k == "what"}
+    entity["type"] = {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": type_code,
+                      "display": type_display}
+    entity["role"] = {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": role_code,
+                      "display": role_display}
+    entity.update({k: v for k, v in fields.items() if k != "what"})
+    return entity

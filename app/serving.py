@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
@@ -38,3 +38,19 @@ def serve(app: WSGIApplication) -> Iterator[str]:
     """Serve `app` in the background; yields its base URL (http://127.0.0.1:PORT)."""
     with background_server(app) as server:
         yield f"http://127.0.0.1:{server.server_port}"
+
+
+def serve_in_foreground(port: int, build: Callable[[BaseWSGIServer], WSGIApplication]) -> None:
+    """Serve on 127.0.0.1:`port` until Ctrl-C; `build(server)` makes the app once the port is bound."""
+    server = make_server("127.0.0.1", port, starting, threaded=True)
+    try:
+        server.app = build(server)
+    except BaseException:
+        server.server_close()
+        raise
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()

@@ -10,11 +10,11 @@ from typing import Any
 
 from flask import Flask
 from werkzeug.middleware.dispatcher import DispatcherMiddleware
-from werkzeug.serving import BaseWSGIServer, make_server
+from werkzeug.serving import BaseWSGIServer
 
 from app import create_app
 from app.errors import ConfigError
-from app.serving import background_server, starting
+from app.serving import background_server, serve_in_foreground
 
 from .app_config import BACKEND_CLIENT_ID, DEMO_ARCHIVES, app_registration
 from .standalone import make_sandbox
@@ -94,18 +94,11 @@ def serve_demo(port: int = 0, *, app_host: str | None = None, **options: Any) ->
 
 def run_demo(port: int, extra_archives: str | None = None) -> None:
     """Serve the demo in the foreground until interrupted."""
-    server = make_server("127.0.0.1", port, starting, threaded=True)  # real app set once the port is known
-    base_url = f"http://127.0.0.1:{server.server_port}"
-    try:
+
+    def build(server: BaseWSGIServer) -> DispatcherMiddleware:  # the URLs name the port, known once bound
+        base_url = f"http://127.0.0.1:{server.server_port}"
         app, sandbox = build_demo(base_url, extra_archives=extra_archives)
-    except BaseException:
-        server.server_close()
-        raise
-    server.app = DispatcherMiddleware(app, {"/sandbox": sandbox})
-    log.warning("Imaging Timeline demo: open the sandbox chart at %s/sandbox/ (Ctrl-C to stop)", base_url)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
+        log.warning("Imaging Timeline demo: open the sandbox chart at %s/sandbox/ (Ctrl-C to stop)", base_url)
+        return DispatcherMiddleware(app, {"/sandbox": sandbox})
+
+    serve_in_foreground(port, build)

@@ -12,9 +12,9 @@ from typing import Any
 from flask import Flask
 from werkzeug.exceptions import NotFound
 from werkzeug.middleware.dispatcher import DispatcherMiddleware
-from werkzeug.serving import make_server
+from werkzeug.serving import BaseWSGIServer
 
-from app.serving import background_server, starting
+from app.serving import background_server, serve_in_foreground
 
 from .app_config import APP_CLIENT_ID, BACKEND_CLIENT_ID, app_registration, archives_toml
 
@@ -72,22 +72,15 @@ def serve_sandbox(app_url: str, port: int = 0, config_dir: str | Path | None = N
 
 def run_sandbox(port: int, app_url: str, config_dir: str | None = None) -> None:
     """Serve the sandbox in the foreground until interrupted (writing the app's config files first)."""
-    server = make_server("127.0.0.1", port, starting, threaded=True)
-    sandbox_url = f"http://127.0.0.1:{server.server_port}/sandbox"
-    try:
+
+    def build(server: BaseWSGIServer) -> DispatcherMiddleware:
+        sandbox_url = f"http://127.0.0.1:{server.server_port}/sandbox"
         sandbox = make_sandbox(app_url)
         if config_dir is not None:
             launch, archives = write_config_dir(config_dir, app_url, sandbox_url)
             log.warning("wrote %s and %s (IMAGING_LAUNCH_CONFIG, IMAGING_ARCHIVES for the app)", launch, archives)
-    except BaseException:
-        server.server_close()
-        raise
-    server.app = mounted(sandbox)
-    log.warning("Imaging Timeline sandbox: chart at %s/ launching %s/launch (Ctrl-C to stop)",
-                sandbox_url, app_url.rstrip("/"))
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
+        log.warning("Imaging Timeline sandbox: chart at %s/ launching %s/launch (Ctrl-C to stop)",
+                    sandbox_url, app_url.rstrip("/"))
+        return mounted(sandbox)
+
+    serve_in_foreground(port, build)

@@ -17,7 +17,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import requests
-from flask import Blueprint, render_template, request
+from flask import Blueprint, render_template, request, url_for
 
 from .runtime import runtime
 
@@ -30,11 +30,17 @@ bp = Blueprint("viewer", __name__, url_prefix="/viewer/ohif")
 def viewer():
     rt = runtime()
     uids = [u for u in request.args.get("StudyInstanceUIDs", "").split(",") if u][:4]
-    studies = [rt.pacs_by_uid[u] for u in uids if u in rt.pacs_by_uid]
+    studies = [{
+        "uid": study.uid, "description": study.description, "accession": study.accession,
+        "date": study.started.date().isoformat(), "modalities": study.modalities,
+        "series": [{"modality": series.modality, "description": series.description, "instances": series.instances,
+                    "rendered": url_for("dicomweb.series_rendered", study_uid=study.uid, series_uid=series.uid)
+                                + "?viewport=256,256"} for series in study.series],
+    } for study in (rt.pacs_by_uid[u] for u in uids if u in rt.pacs_by_uid)]
     if not studies:
         return render_template("sandbox/error.html", status=404, title="No such study",
                                message="None of the requested studies is in the sandbox archive."), 404
-    return render_template("sandbox/viewer.html", studies=studies)
+    return render_template("sandbox/viewer.html", studies=studies, via=None)
 
 
 def _first(item: dict[str, Any], tag: str) -> str:
@@ -89,4 +95,4 @@ def viewer_via_gateway():
                                message="None of the requested studies is served by this gateway."), 404
     order = {u: n for n, u in enumerate(uids)}
     studies.sort(key=lambda s: order.get(str(s["uid"]), len(order)))
-    return render_template("sandbox/viewer_gateway.html", studies=studies)
+    return render_template("sandbox/viewer.html", studies=studies, via="gateway")

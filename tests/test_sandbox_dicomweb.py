@@ -186,3 +186,21 @@ def test_dicomweb_faults(sb: Sandbox) -> None:
         assert requests.get(f"{sb.dicomweb}/studies", timeout=10).status_code == 503
     finally:
         sb.runtime.faults.pop("dicomweb")
+
+
+def test_the_sandbox_viewer_lays_the_asked_studies_side_by_side_with_rendered_series(sb: Sandbox) -> None:
+    """The stand-in for OHIF (direct links): each study in the asked order, each series' image renders."""
+    import re
+
+    current, prior = qido(sb, PatientID="SB100001", IssuerOfPatientID=PACS_ISSUER)[:2]
+    uids = [current.StudyInstanceUID, prior.StudyInstanceUID]
+    page = requests.get(f"{sb.base}/viewer/ohif/viewer", params={"StudyInstanceUIDs": ",".join(uids)}, timeout=10)
+    assert page.status_code == 200
+    assert re.findall(r'class="box viewer-study" data-study-uid="([^"]+)"', page.text) == uids
+    assert "data-via" not in page.text and "gateway" not in page.text  # straight from the archive
+    images = re.findall(r'<img alt="[^"]*" width="256" height="256" src="([^"]+)">', page.text)
+    assert images and all("/rendered?viewport=256,256" in src for src in images)
+    rendered = requests.get(f"{sb.origin}{images[0].replace('&amp;', '&')}", timeout=10)
+    assert rendered.status_code == 200 and Image.open(io.BytesIO(rendered.content)).size[0] <= 256
+    missing = requests.get(f"{sb.base}/viewer/ohif/viewer", params={"StudyInstanceUIDs": "1.2.3"}, timeout=10)
+    assert missing.status_code == 404 and "None of the requested studies" in missing.text
