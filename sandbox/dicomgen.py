@@ -135,23 +135,19 @@ def _container(value: str, meaning: str, text_code: tuple[str, str], text: str) 
     return box
 
 
-def document_dataset(study: SandboxStudy, series: SandboxSeries) -> Dataset:
-    """The study's report in the PACS: a Basic Text SR (series "SR") or an Encapsulated PDF (series "DOC")."""
-    from .report_docs import impression, report_pdf
+_NOT_PER_INSTANCE = {"ModalitiesInStudy", "NumberOfStudyRelatedSeries", "NumberOfStudyRelatedInstances",
+                     "InstanceAvailability"}
 
-    report = study.report
-    if report is None:
-        raise ValueError(f"study {study.key} has no report to store in the PACS")
-    sr = series.modality == "SR"
-    sop_class = UID(BasicTextSRStorage if sr else EncapsulatedPDFStorage)
+
+def _instance_base(study: SandboxStudy, series: SandboxSeries, sop_class: UID, number: int) -> Dataset:
+    """An instance's study attributes (without the study-level counts), file meta, SOP and series identity."""
     ds = Dataset()
     for elem in study_level_dataset(study):
-        if elem.keyword not in {"ModalitiesInStudy", "NumberOfStudyRelatedSeries", "NumberOfStudyRelatedInstances",
-                                "InstanceAvailability"}:
+        if elem.keyword not in _NOT_PER_INSTANCE:
             ds.add(copy.deepcopy(elem))
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = sop_class
-    meta.MediaStorageSOPInstanceUID = UID(instance_uid(study.key, series.number, 1))
+    meta.MediaStorageSOPInstanceUID = UID(instance_uid(study.key, series.number, number))
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
     ds.file_meta = meta
@@ -161,8 +157,20 @@ def document_dataset(study: SandboxStudy, series: SandboxSeries) -> Dataset:
     ds.SeriesNumber = series.number
     ds.SeriesDescription = series.description
     ds.Modality = series.modality
-    ds.InstanceNumber = 1
+    ds.InstanceNumber = number
     ds.Manufacturer = "Imaging Timeline Sandbox"
+    return ds
+
+
+def document_dataset(study: SandboxStudy, series: SandboxSeries) -> Dataset:
+    """The study's report in the PACS: a Basic Text SR (series "SR") or an Encapsulated PDF (series "DOC")."""
+    from .report_docs import impression, report_pdf
+
+    report = study.report
+    if report is None:
+        raise ValueError(f"study {study.key} has no report to store in the PACS")
+    sr = series.modality == "SR"
+    ds = _instance_base(study, series, UID(BasicTextSRStorage if sr else EncapsulatedPDFStorage), 1)
     ds.ContentDate = _da(report.issued)
     ds.ContentTime = _tm(report.issued)
     if sr:
@@ -198,34 +206,12 @@ def instance_dataset(study: SandboxStudy, series: SandboxSeries, number: int) ->
     if series.modality in {"SR", "DOC"}:
         return document_dataset(study, series)
     size = 128 if series.modality in PROJECTION else 64
-    sop_class = SOP_CLASS[series.modality]
-    sop_uid = instance_uid(study.key, series.number, number)
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop_class
-    meta.MediaStorageSOPInstanceUID = UID(sop_uid)
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-
-    ds = Dataset()
-    for elem in study_level_dataset(study):
-        if elem.keyword not in {"ModalitiesInStudy", "NumberOfStudyRelatedSeries", "NumberOfStudyRelatedInstances",
-                                "InstanceAvailability"}:
-            ds.add(copy.deepcopy(elem))
-    ds.file_meta = meta
-    ds.SOPClassUID = sop_class
-    ds.SOPInstanceUID = sop_uid
-    ds.SeriesInstanceUID = series.uid
-    ds.SeriesNumber = series.number
-    ds.SeriesDescription = series.description
+    ds = _instance_base(study, series, SOP_CLASS[series.modality], number)
     ds.SeriesDate = ds.StudyDate
     ds.SeriesTime = ds.StudyTime
     ds.ContentDate = ds.StudyDate
     ds.ContentTime = ds.StudyTime
-    ds.Modality = series.modality
     ds.BodyPartExamined = series.body_site.dicom
-    ds.InstanceNumber = number
-    ds.Manufacturer = "Imaging Timeline Sandbox"
     ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL" if series.modality in {"CT", "PT"} else "OTHER"]
     if series.modality in {"CT", "MR", "PT"}:
         ds.FrameOfReferenceUID = instance_uid(study.key, series.number, 0)
