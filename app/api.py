@@ -12,7 +12,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, request, stream_with_context, url_for
 
-from . import audit, imaging_endpoints, metrics, words
+from . import audit, imaging_endpoints, words
 from . import reports as report_api
 from .accumulator import Accumulator
 from .archives.base import ArchiveClient, raise_for_status
@@ -252,7 +252,6 @@ def studies() -> Response:
     _remember_shown(session, found)
     audit.record_listing(session, ((a.id, a.status, [s.uid for s in found if a.id in s.sources])
                                    for a in acc.ordered_statuses()))
-    metrics.observe_archives((a.id, a.status, (a.ms or 0) / 1000) for a in acc.ordered_statuses())
     builder = view_builder(session, archives)
     decision = builder.decide(found)
     body = {
@@ -336,7 +335,6 @@ def stream() -> Response:
                 # A report linked across archives (by accession) reaches a study another archive brought.
                 report_api.remember(session, (acc.merged[uid] for uid in changed if uid in acc.merged))
                 audit.record_listing(session, [(status.id, status.status, [s.uid for s in found])])
-                metrics.observe_archive(status.id, status.status, (status.ms or 0) / 1000)
                 # One write per archive: two small writes in a row meet Nagle's algorithm and the
                 # browser's delayed ACK, which held the second event back by 40-200 ms.
                 chunk = _event("archive", status.to_json())

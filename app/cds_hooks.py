@@ -245,7 +245,6 @@ def _within_deadline(cds: CdsServices, fed: Federation, patient: PatientSummary,
     stop.set()
     answered = {o.status.id for o in outcomes}
     unanswered = [a.name for a in usable if a.id not in answered]
-    metrics.observe_archives((o.status.id, o.status.status, (o.status.ms or 0) / 1000) for o in outcomes)
     _audit(patient, ctx, outcomes)
     # Merge in configuration order (the EHR's fields first), whatever the arrival order, as search() does.
     rank = {a.id: n for n, a in enumerate(fed.archives)}

@@ -100,6 +100,9 @@ class Federation:
         # The session store, when given, holds the per-session study cache instead of this process
         # (so a reload served by another worker or machine spares the archives too).
         self.shared_cache = shared_cache
+        # Told of each archive answer as it comes from the archive itself (never a cached or
+        # replayed one): the telemetry counts archives asked, not answers read (metrics.init_app).
+        self.observe: Callable[[ArchiveStatus], None] | None = None
 
     def search(self, patient: PatientSummary, ctx: LaunchContext, ehr_token_provider: EhrTokenProvider, *,
                session_id: str | None = None, extra_archives: Sequence[ArchiveConfig] = ()) -> FederationResult:
@@ -201,6 +204,7 @@ class Federation:
                 for future in done:
                     outcome = self._collect(future, futures[future][0], started)
                     self._remember(session_id, patient.id, outcome)
+                    self._observed(outcome.status)
                     yield outcome
                 now = time.monotonic()
                 for future in [f for f in pending if now >= futures[f][1].at + GRACE_S]:
@@ -208,10 +212,20 @@ class Federation:
                     future.cancel()
                     archive = futures[future][0]
                     log.warning("archive %s: no answer before its deadline", archive.id)
-                    yield ArchiveOutcome(_status(archive, "timeout", ms=_ms(started), error=ArchiveTimeout.code,
-                                           reason=f"no answer within {min(archive.timeout_s, self.deadline_s):g} s"))
+                    timed_out = _status(archive, "timeout", ms=_ms(started), error=ArchiveTimeout.code,
+                                        reason=f"no answer within {min(archive.timeout_s, self.deadline_s):g} s")
+                    self._observed(timed_out)
+                    yield ArchiveOutcome(timed_out)
         finally:
             pool.shutdown(wait=False, cancel_futures=True)
+
+    def _observed(self, status: ArchiveStatus) -> None:
+        if self.observe is None:
+            return
+        try:
+            self.observe(status)
+        except Exception:  # telemetry must never cost the clinician an archive's answer
+            log.exception("archive %s: recording its answer time failed", status.id)
 
     def _collect(self, future: Future[ArchiveOutcome], archive: ArchiveConfig, started: float) -> ArchiveOutcome:
         try:

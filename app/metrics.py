@@ -31,7 +31,7 @@ import shutil
 import sys
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,7 @@ from flask import Blueprint, Flask, Response, current_app, jsonify, request
 
 from .audit_store import STORE_ERRORS, Sample
 from .errors import FhirNotFound, ForbiddenMetrics, LaunchError
+from .models import ArchiveStatus
 
 log = logging.getLogger(__name__)
 bp = Blueprint("metrics", __name__)
@@ -133,31 +134,32 @@ def _prune(root: Path, keep: Path) -> None:
 # --- recording (called by the API, the CDS services and the beacon) -------------------------------
 
 
-def _samples(samples: list[Sample]) -> None:
+def _samples(samples: list[Sample], app: Flask | None = None) -> None:
     """Keep samples for the operations page; a store hiccup loses them (operations data), never the answer."""
-    if "audit" not in current_app.extensions:
+    extensions = (app or current_app).extensions
+    if "audit" not in extensions:
         return
     try:
-        current_app.extensions["audit"].store.add_samples(samples)
+        extensions["audit"].store.add_samples(samples)
     except STORE_ERRORS as exc:
         log.warning("time-to-image samples not kept (%s)", type(exc).__name__)
 
 
-def observe_archive(archive: str, status: str, seconds: float) -> None:
-    """One archive's answer as the server saw it (status ok / timeout / error; not-linked is not timed)."""
-    observe_archives([(archive, status, seconds)])
+def archive_observer(app: Flask) -> Callable[[ArchiveStatus], None]:
+    """Records each archive answer the federation got from the archive itself (ok / timeout / error).
 
+    Called by the Federation where an archive was asked, in whatever thread asked it (a search
+    runs in the background, without a request), so a cached or replayed answer is never counted
+    again and not-linked archives, never asked, are not timed.
+    """
+    def observe(status: ArchiveStatus) -> None:
+        if status.status == "not-linked" or status.status not in STATUSES:
+            return
+        seconds = max(0.0, (status.ms or 0) / 1000)
+        _the_metrics().archive.labels(archive=status.id, status=status.status).observe(seconds)
+        _samples([Sample("archive", seconds, time.time(), status.id, status.status)], app)
 
-def observe_archives(answers: Iterable[tuple[str, str, float]]) -> None:
-    """Several archives' answers (archive id, status, seconds), kept as samples in one write."""
-    samples = []
-    for archive, status, seconds in answers:
-        if status == "not-linked" or status not in STATUSES:
-            continue
-        _the_metrics().archive.labels(archive=archive, status=status).observe(max(0.0, seconds))
-        samples.append(Sample("archive", max(0.0, seconds), time.time(), archive, status))
-    if samples:
-        _samples(samples)
+    return observe
 
 
 def order_warning_shown(hook: str) -> None:
@@ -258,6 +260,8 @@ def init_app(app: Flask) -> None:
     for archive in fed.archives if fed is not None else ():
         for status in ("ok", "timeout", "error"):
             m.archive.labels(archive=archive.id, status=status)
+    if fed is not None:
+        fed.observe = archive_observer(app)
 
     @app.before_request
     def _start() -> None:

@@ -64,6 +64,21 @@ def test_the_server_records_each_archives_latency_and_status(demo):
             before, "imaging_timeline_archive_seconds", archive=archive, status="ok")
 
 
+def test_each_archive_is_counted_once_per_search_however_often_its_answer_is_read(demo):
+    """A reload, a second stream and the cached answers replay the one search: the archives were asked once."""
+    before = metrics_text(demo)
+    browser = launch(demo)  # /timeline starts the search
+    for _ in range(2):
+        assert browser.get(f"{demo.base_url}/api/studies", timeout=60).status_code == 200
+    stream = browser.get(f"{demo.base_url}/api/studies/stream", timeout=60)
+    assert "event: done" in stream.text
+    after = metrics_text(demo)
+    for archive in ("ehr", "outside", "pacs"):
+        asked = (sample_count(after, "imaging_timeline_archive_seconds", archive=archive)
+                 - sample_count(before, "imaging_timeline_archive_seconds", archive=archive))
+        assert asked == 1, archive
+
+
 def test_a_failing_archive_is_counted_with_its_status(demo):
     rt = demo.sandbox.extensions["sandbox"]
     before = metrics_text(demo)
