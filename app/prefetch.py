@@ -9,6 +9,10 @@ session store. The run's owner holds a short lease (a store lock it renews); if 
 mid-search, a reader takes the lease over and finishes the search itself (the per-session study
 cache spares the archives that had already answered). A finished run is replayed for a few
 seconds, then a new request searches afresh (retrying archives that failed).
+
+In the store a run is a small header (`run_key`: the run's id, how many outcomes it has
+published, whether it finished) and one record per archive outcome (`part_key`), each written
+once: a 5,000-study answer is not encrypted and written again with every later archive's.
 """
 
 from __future__ import annotations
@@ -67,9 +71,25 @@ class SearchRun:
 class _Lease:
     """Where a run is published in the shared store, and the lock its owner holds."""
 
-    record: str
+    key: str
+    record: str  # the header: {"run": token, "parts": n, "finished": bool, "error": bool}
     lock: str
-    token: str
+    token: str  # the lock's token, and the run's id (its parts are keyed by it)
+
+
+def run_key(key: str) -> str:
+    """The store key of the header of the search run for `key` (session and patient)."""
+    return hashed_key("search-run", key)
+
+
+def part_key(key: str, run: str, n: int) -> str:
+    """The store key of outcome `n` (0-based, in the order found) of run `run` for `key`."""
+    return hashed_key("search-part", key, run, str(n))
+
+
+def _published(header: dict[str, Any] | None) -> int:
+    parts = (header or {}).get("parts")
+    return parts if isinstance(parts, int) and parts >= 0 else 0
 
 
 class Prefetcher:
@@ -125,7 +145,7 @@ class Prefetcher:
                 return run
             if self.store is None:
                 return self._spawn(key, search, None)
-            lease = _Lease(hashed_key("search", key), lock_name("search", key), new_token())
+            lease = _Lease(key, run_key(key), lock_name("search", key), new_token())
             record = self.store.get(lease.record)
             if record is not None and record.get("finished"):
                 return None  # another process finished it a moment ago: replay its record
@@ -137,7 +157,7 @@ class Prefetcher:
             if record is not None and record.get("finished"):
                 self.store.release(lease.lock, lease.token)
                 return None
-            self.store.put(lease.record, {"outcomes": [], "finished": False}, self.ttl_s)
+            self.store.put(lease.record, {"run": lease.token, "parts": 0, "finished": False}, self.ttl_s)
             return self._spawn(key, search, lease)
 
     def feed(self, key: str, search: Callable[[], Iterator[Event]], wait_s: float = 60.0) -> Iterator[Event]:
@@ -162,19 +182,25 @@ class Prefetcher:
         """Another process's run, read from the store until it finishes (True) or its owner is gone (False)."""
         if self.store is None:  # begin() returns None only with a store
             return True
-        record_key, lock = hashed_key("search", key), lock_name("search", key)
+        header_key, lock = run_key(key), lock_name("search", key)
         probe = new_token()
+        run, taken = None, 0  # the run being read, and how many of its parts this reader has had
         while time.monotonic() < give_up:
-            record = self.store.get(record_key)
-            for data in (record or {}).get("outcomes", []):
-                if _archive_of(data) in seen:  # read back only what this reader has not had yet
+            header = self.store.get(header_key)
+            if header is not None and header.get("run") != run:  # a new owner took over: read its parts
+                run, taken = header.get("run"), 0
+            while run is not None and taken < _published(header):
+                data = self.store.get(part_key(key, str(run), taken))
+                taken += 1
+                if data is None:  # gone from the store: say so rather than show a timeline short of it
+                    raise AppError(SEARCH_FAILED, log_detail="a published search outcome was missing")
+                if _archive_of(data) in seen:  # the same archive read before (a taken-over run)
                     continue
                 event = outcome_from_json(data)
-                if event.status.id not in seen:
-                    seen.add(event.status.id)
-                    yield event
-            if record is not None and record.get("finished"):
-                if record.get("error"):
+                seen.add(event.status.id)
+                yield event
+            if header is not None and header.get("finished"):
+                if header.get("error"):
                     raise AppError(SEARCH_FAILED, log_detail="another process's search failed")
                 return True
             if self.store.acquire(lock, probe, 0.01):  # free: its owner neither finished nor renewed
@@ -186,15 +212,17 @@ class Prefetcher:
     # --- the run's threads ------------------------------------------------------------------
 
     def _work(self, run: SearchRun, search: Callable[[], Iterator[Event]], lease: _Lease | None) -> None:
-        published: list[dict[str, Any]] = []
+        unpublished: list[dict[str, Any]] = []  # outcomes not yet in the store (written in order)
+        stored = 0
         try:
             for event in search():
                 with run.cond:
                     run.events.append(event)
                     run.cond.notify_all()
                 if lease is not None:
-                    published.append(outcome_to_json(event))
-                    self._publish(lease, {"outcomes": published, "finished": False}, self.ttl_s)
+                    unpublished.append(outcome_to_json(event))
+                    stored = self._publish_parts(lease, stored, unpublished)
+                    self._publish(lease, {"run": lease.token, "parts": stored, "finished": False}, self.ttl_s)
         except AppError as exc:
             run.error = exc
         except Exception:  # the reader must always be released; the stream then reports a failure
@@ -202,8 +230,11 @@ class Prefetcher:
             run.error = AppError(SEARCH_FAILED)
         finally:
             if lease is not None:
-                self._publish(lease, {"outcomes": published, "finished": True, "error": run.error is not None},
-                              self.replay_s)
+                stored = self._publish_parts(lease, stored, unpublished)
+                # An outcome that could not be stored fails the run for readers elsewhere (they
+                # reload), rather than giving them a timeline without that archive.
+                self._publish(lease, {"run": lease.token, "parts": stored, "finished": True,
+                                      "error": run.error is not None or bool(unpublished)}, self.replay_s)
             with run.cond:
                 run.finished, run.finished_at = True, self.clock()
                 run.cond.notify_all()
@@ -212,6 +243,19 @@ class Prefetcher:
                     self.store.release(lease.lock, lease.token)
                 except AppError:
                     log.warning("could not release a search lease (it expires by itself)")
+
+    def _publish_parts(self, lease: _Lease, stored: int, unpublished: list[dict[str, Any]]) -> int:
+        """Write the outcomes not yet stored, in order, each once; returns how many are stored now."""
+        while unpublished and self.store is not None:
+            try:  # parts outlive the header that counts them (ttl_s ≥ replay_s)
+                self.store.put(part_key(lease.key, lease.token, stored), unpublished[0],
+                               max(self.ttl_s, self.replay_s))
+            except AppError as exc:  # tried again with the next outcome, and once more at the end
+                log.warning("could not publish a search outcome: %s", exc.code)
+                break
+            unpublished.pop(0)
+            stored += 1
+        return stored
 
     def _publish(self, lease: _Lease, record: dict[str, Any], ttl_s: float) -> None:
         try:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import threading
+import time
 
 import pytest
 
@@ -11,7 +13,7 @@ from app.errors import AppError, SessionExpired
 from app.federation import ArchiveOutcome
 from app.models import ArchiveStatus
 from app.outcome_json import outcome_to_json
-from app.prefetch import Prefetcher
+from app.prefetch import Prefetcher, part_key, run_key
 from app.session_store import RedisStore, SQLiteStore
 from tests.conftest import need
 from tests.processes import redis_server
@@ -110,15 +112,71 @@ def test_a_reader_in_another_process_reads_the_running_search_instead_of_searchi
 
 def test_a_reader_takes_the_search_over_when_its_owner_stops_renewing(shared_store):
     # An owner that died after one archive answered: its lease lapses, its record stays unfinished.
-    from app.locks import hashed_key, lock_name
+    from app.locks import lock_name
 
     shared_store.acquire(lock_name("search", "s:p"), "dead-owner", 0.3)
-    shared_store.put(hashed_key("search", "s:p"), {"outcomes": [outcome_to_json(ArchiveOutcome(status("ehr")))],
-                                                   "finished": False}, 60)
+    shared_store.put(part_key("s:p", "dead-owner", 0), outcome_to_json(ArchiveOutcome(status("ehr"))), 60)
+    shared_store.put(run_key("s:p"), {"run": "dead-owner", "parts": 1, "finished": False}, 60)
     search, calls = counting(events=("ehr", "pacs", "outside"))
     reader = Prefetcher(store=shared_store, poll_s=0.02)
     assert [e.status.id for e in reader.feed("s:p", search)] == ["ehr", "pacs", "outside"]
     assert len(calls) == 1
+
+
+def test_a_reader_elsewhere_gets_the_outcomes_of_the_owner_that_took_over_not_the_dead_ones_count(shared_store):
+    """The dead owner had published ehr; the new owner publishes pacs first, then ehr: nothing is skipped."""
+    from app.locks import lock_name
+
+    shared_store.acquire(lock_name("search", "s:p"), "dead-owner", 0.3)
+    shared_store.put(part_key("s:p", "dead-owner", 0), outcome_to_json(ArchiveOutcome(status("ehr"))), 60)
+    shared_store.put(run_key("s:p"), {"run": "dead-owner", "parts": 1, "finished": False}, 60)
+    gate = threading.Event()
+    search, calls = counting(events=("pacs", "ehr", "outside"), gate=gate)
+    reader = Prefetcher(store=shared_store, poll_s=0.02)
+    feed = reader.feed("s:p", search)
+    assert next(feed).status.id == "ehr"  # the dead owner's outcome, read from the store
+    owner = Prefetcher(store=shared_store, poll_s=0.02, lease_s=5)
+    time.sleep(0.35)  # the dead owner's lease lapses
+    assert owner.begin("s:p", search) is not None  # another process takes the search over first
+    gate.set()
+    assert [e.status.id for e in feed] == ["pacs", "outside"]  # ehr once, nothing lost
+    assert len(calls) == 1
+
+
+def test_a_published_outcome_missing_from_the_store_fails_the_reader_in_words(shared_store):
+    from app.locks import lock_name
+
+    shared_store.acquire(lock_name("search", "s:p"), "owner", 30)
+    shared_store.put(part_key("s:p", "owner", 0), outcome_to_json(ArchiveOutcome(status("ehr"))), 60)
+    shared_store.put(run_key("s:p"), {"run": "owner", "parts": 2, "finished": True}, 60)  # part 1 is gone
+    feed = Prefetcher(store=shared_store, poll_s=0.02).feed("s:p", counting()[0], wait_s=5)
+    assert next(feed).status.id == "ehr"
+    with pytest.raises(AppError, match="reload to try again"):
+        next(feed)
+
+
+def test_each_outcome_is_written_to_the_store_once(tmp_path):
+    """A long history's answer is not re-encrypted and re-sent with every later archive's (real Redis)."""
+    import redis
+
+    from app.models import Study
+
+    need("redis-server", shutil.which("redis-server") is not None, "apt-get install redis-server")
+    big = [Study(uid=f"2.25.{n}", modalities=("CT",), description="CT CHEST", sources=["pacs"]) for n in range(2000)]
+    outcomes = [ArchiveOutcome(ArchiveStatus(aid, aid, "ok", count=len(big)), list(big)) for aid in ("a", "b", "c")]
+    one = len(json.dumps(outcome_to_json(outcomes[0])))
+    with redis_server(tmp_path) as server:
+        client = redis.Redis.from_url(server.url)
+        before = client.info("stats")["total_net_input_bytes"]
+        store = RedisStore(server.url)
+        run = Prefetcher(store=store).begin("s:p", lambda: iter(outcomes))
+        assert [e.status.id for e in run.feed()] == ["a", "b", "c"]
+        give_up = time.monotonic() + 10
+        while not (store.get(run_key("s:p")) or {}).get("finished"):  # the final header follows the last event
+            assert time.monotonic() < give_up
+            time.sleep(0.01)
+        written = client.info("stats")["total_net_input_bytes"] - before
+    assert 3 * one <= written < 4 * one, (written, one)  # each of three once (it was 1 + 2 + 3 + 3 = 9 times)
 
 
 def test_a_failed_search_reaches_the_reader_as_its_error():
