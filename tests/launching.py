@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from urllib.parse import parse_qs, urlsplit
 
+import pytest
 import requests
 
 from app import create_app
@@ -26,6 +27,21 @@ def running_app(ehr: FakeEhr, tmp_path, issuer: dict | None = None, **config) ->
     app = create_app({"LAUNCH_CONFIG": launch_config, "APP_KEYS": APP_KEYS,
                       "SESSION_STORE": f"sqlite:///{tmp_path / 's.db'}", "ARCHIVES": (), **config})
     with serve(app) as url:
+        yield url
+
+
+# Fixtures for the modules that take them by name: `ehr, app_url = launching.ehr, launching.app_url` (assigned,
+# not imported: ruff would read an imported fixture as unused and each test's argument as redefining it).
+@pytest.fixture
+def ehr(httpserver) -> FakeEhr:
+    """The scriptable FakeEhr on pytest-httpserver, its endpoints installed."""
+    return FakeEhr(httpserver).install()
+
+
+@pytest.fixture
+def app_url(ehr, tmp_path):
+    """The app registered with `ehr` (running_app's defaults), served on 127.0.0.1."""
+    with running_app(ehr, tmp_path) as url:
         yield url
 
 

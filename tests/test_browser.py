@@ -18,6 +18,7 @@ from urllib.parse import unquote
 
 import pytest
 
+from tests import demo_fixtures
 from tests.conftest import CHROMIUM, need
 
 pytestmark = pytest.mark.browser
@@ -76,12 +77,7 @@ def demo():
         yield running
 
 
-@pytest.fixture
-def sandbox_state(demo):
-    state = demo.sandbox.extensions["sandbox"]
-    yield state
-    state.delays.clear()
-    state.faults.clear()
+sandbox_state = demo_fixtures.sandbox_state  # cleared after each test (tests/demo_fixtures.py)
 
 
 @pytest.fixture

@@ -12,11 +12,10 @@ body checked.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import pytest
 
-from tests.browser_pages import browser_demo, checked_page
+from tests import browser_pages
 from tests.contract_fixture import contract_fixture, real_views, serve_fixture, show, sse
 
 pytestmark = pytest.mark.browser
@@ -24,16 +23,7 @@ pytestmark = pytest.mark.browser
 ACK = {"by": "Dr. Riley Radiant", "at": "2026-12-01T09:30:00+00:00"}
 
 
-@pytest.fixture(scope="module")
-def demo():
-    with browser_demo() as running:
-        yield running
-
-
-@pytest.fixture
-def page(browser) -> Iterator:
-    with checked_page(browser) as page:
-        yield page
+demo, page = browser_pages.demo, browser_pages.page  # one demo per module, a checked page per test
 
 
 def test_the_pinned_current_study_leads_with_its_priors_in_the_servers_rank(page, demo):

@@ -8,26 +8,15 @@ stored server-side (a reload and /api/studies show it), and the scheduled order'
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import requests
 
-from tests.browser_pages import browser_demo, checked_page
+from tests import browser_pages
 
 pytestmark = pytest.mark.browser
 
 
-@pytest.fixture(scope="module")
-def demo():
-    with browser_demo() as running:
-        yield running
-
-
-@pytest.fixture
-def page(browser) -> Iterator:
-    with checked_page(browser) as page:
-        yield page
+demo, page = browser_pages.demo, browser_pages.page  # one demo per module, a checked page per test
 
 
 def launch(page, demo, patient: str) -> None:

@@ -14,7 +14,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from tests.conftest import CHROMIUM, need
+from tests import demo_fixtures
+from tests.browser_pages import browser_demo
 
 pytestmark = pytest.mark.browser
 
@@ -35,24 +36,17 @@ max_results = 10000
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
-    need("Chromium", CHROMIUM.exists(), "apt-get install chromium")
     from sandbox.data import big_patient, standard_data
-    from sandbox.demo import serve_demo
 
     toml = tmp_path_factory.mktemp("archives") / "big.toml"
     toml.write_text(BIG_ARCHIVE, encoding="utf-8")
     data = standard_data().merged(big_patient(BIG_N))
-    with serve_demo(sandbox_options={"data": data}, extra_archives=str(toml)) as running:
+    with browser_demo(sandbox_options={"data": data}, extra_archives=str(toml)) as running:
         running.data = data
         yield running
 
 
-@pytest.fixture
-def sandbox_state(demo):
-    state = demo.sandbox.extensions["sandbox"]
-    yield state
-    state.delays.clear()
-    state.faults.clear()
+sandbox_state = demo_fixtures.sandbox_state  # cleared after each test (tests/demo_fixtures.py)
 
 
 def new_page(browser, width: int = 1000, height: int = 900, **options) -> Iterator:

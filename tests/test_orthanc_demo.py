@@ -7,12 +7,15 @@ and fetch thumbnails from Orthanc's rendered endpoint (the DICOMweb plugin 1.7 h
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from datetime import date
+from pathlib import Path
 
 import pytest
 import requests
 
 from sandbox.data import MRN_SYSTEM, PACS_ISSUER, standard_data
+from sandbox.demo import Demo
 from sandbox.dicomgen import study_files_bytes
 from tests.test_demo_flow import demo_server, launch, studies
 
@@ -36,14 +39,19 @@ def amy_in_orthanc(orthanc: str) -> list[str]:
     return uploaded
 
 
-@pytest.fixture
-def demo_with_orthanc(tmp_path, orthanc, amy_in_orthanc):
-    extra = tmp_path / "orthanc.toml"
+def orthanc_demo_server(workdir: Path, orthanc: str) -> AbstractContextManager[Demo]:
+    """demo_server in `workdir` with the real Orthanc as extra archive "orthanc" (the sandbox PACS's MRNs + issuer)."""
+    extra = workdir / "orthanc.toml"
     extra.write_text(
         '[[archive]]\nid = "orthanc"\nname = "My Orthanc"\nkind = "dicomweb"\n'
         f'base_url = "{orthanc}"\nidentifier_system = "{MRN_SYSTEM}"\nissuer_of_patient_id = "{PACS_ISSUER}"\n'
         'auth = { kind = "none" }\n')
-    with demo_server(tmp_path, extra_archives=str(extra)) as demo:
+    return demo_server(workdir, extra_archives=str(extra))
+
+
+@pytest.fixture
+def demo_with_orthanc(tmp_path, orthanc, amy_in_orthanc):
+    with orthanc_demo_server(tmp_path, orthanc) as demo:
         yield demo
 
 

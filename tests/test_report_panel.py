@@ -11,19 +11,13 @@ from collections.abc import Iterator
 import pytest
 
 from sandbox.data import standard_data, study_uid
-from tests.conftest import CHROMIUM, need
+from tests import browser_pages
 from tests.test_browser import wait_done
 
 pytestmark = pytest.mark.browser
 
 
-@pytest.fixture(scope="module")
-def demo():
-    need("Chromium", CHROMIUM.exists(), "apt-get install chromium")
-    from sandbox.demo import serve_demo
-
-    with serve_demo() as running:
-        yield running
+demo = browser_pages.demo  # the plain demo, one per module (tests/browser_pages.py)
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ from app.archives.fhir_reports import FhirReportReader
 from app.errors import ReportUnavailable, ReportWrongPatient
 from app.http import Deadline
 from sandbox.data import study_uid
+from tests import demo_fixtures
 from tests.test_demo_flow import demo_server, launch, studies
 
 
@@ -25,12 +26,7 @@ def demo(tmp_path_factory):
         yield running
 
 
-@pytest.fixture
-def sandbox_state(demo):
-    state = demo.sandbox.extensions["sandbox"]
-    yield state
-    state.faults.clear()
-    state.delays.clear()
+sandbox_state = demo_fixtures.sandbox_state  # cleared after each test (tests/demo_fixtures.py)
 
 
 @pytest.fixture(scope="module")

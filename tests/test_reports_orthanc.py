@@ -12,9 +12,10 @@ from datetime import date
 import pytest
 import requests
 
-from sandbox.data import MRN_SYSTEM, PACS_ISSUER, standard_data, study_uid
+from sandbox.data import standard_data, study_uid
 from sandbox.dicomgen import study_files_bytes
-from tests.test_demo_flow import demo_server, launch, studies
+from tests.test_demo_flow import launch, studies
+from tests.test_orthanc_demo import orthanc_demo_server
 
 pytestmark = pytest.mark.orthanc
 KEYS = ("faye-ct-chest", "faye-mg")
@@ -33,13 +34,7 @@ def faye_in_orthanc(orthanc: str) -> None:
 
 @pytest.fixture(scope="module")
 def demo_with_orthanc(tmp_path_factory, orthanc, faye_in_orthanc):
-    tmp = tmp_path_factory.mktemp("orthanc-reports")
-    extra = tmp / "orthanc.toml"
-    extra.write_text(
-        '[[archive]]\nid = "orthanc"\nname = "My Orthanc"\nkind = "dicomweb"\n'
-        f'base_url = "{orthanc}"\nidentifier_system = "{MRN_SYSTEM}"\nissuer_of_patient_id = "{PACS_ISSUER}"\n'
-        'auth = { kind = "none" }\n')
-    with demo_server(tmp, extra_archives=str(extra)) as demo:
+    with orthanc_demo_server(tmp_path_factory.mktemp("orthanc-reports"), orthanc) as demo:
         yield demo
 
 

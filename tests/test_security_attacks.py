@@ -18,19 +18,11 @@ from werkzeug import Response
 
 from app import create_app
 from app.archives.config import ArchiveConfig, AuthConfig
-from tests.fake_ehr import EHR_KEY, FakeEhr
+from tests import launching
+from tests.fake_ehr import EHR_KEY
 from tests.launching import launch, running_app, started_state
 
-
-@pytest.fixture
-def ehr(httpserver) -> FakeEhr:
-    return FakeEhr(httpserver).install()
-
-
-@pytest.fixture
-def app_url(ehr, tmp_path):
-    with running_app(ehr, tmp_path) as url:
-        yield url
+ehr, app_url = launching.ehr, launching.app_url  # the shared fixtures (tests/launching.py)
 
 
 def _b64(data: bytes) -> str:

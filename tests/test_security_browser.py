@@ -11,26 +11,17 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.conftest import CHROMIUM, need
+from tests import browser_pages
 
 pytestmark = pytest.mark.browser
 
 
-@pytest.fixture(scope="module")
-def demo():
-    need("Chromium", CHROMIUM.exists(), "apt-get install chromium")
-    from sandbox.demo import serve_demo
-
-    with serve_demo() as running:
-        yield running
+demo = browser_pages.demo  # the plain demo, one per module (tests/browser_pages.py)
 
 
 @pytest.fixture(scope="module")
 def cross_site_demo():
-    need("Chromium", CHROMIUM.exists(), "apt-get install chromium")
-    from sandbox.demo import serve_demo
-
-    with serve_demo(app_host="localhost") as running:
+    with browser_pages.browser_demo(app_host="localhost") as running:
         yield running
 
 

@@ -13,21 +13,13 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import requests
 
+from tests import launching
 from tests.fake_ehr import FakeEhr
-from tests.launching import launch, running_app, started_state
+from tests.launching import launch, started_state
 
 BROWSER_NAV = {"Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "document", "Sec-Fetch-Site": "none"}
 
-
-@pytest.fixture
-def ehr(httpserver) -> FakeEhr:
-    return FakeEhr(httpserver).install()
-
-
-@pytest.fixture
-def app_url(ehr, tmp_path):
-    with running_app(ehr, tmp_path) as url:
-        yield url
+ehr, app_url = launching.ehr, launching.app_url  # the shared fixtures (tests/launching.py)
 
 
 def _attackers_callback_url(app_url: str, ehr: FakeEhr) -> str:

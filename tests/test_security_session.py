@@ -12,21 +12,12 @@ import pytest
 import requests
 
 from app.cli import main
-from tests.fake_ehr import FakeEhr
+from tests import launching
 from tests.launching import SCOPE, launch, running_app
 
 ROOT = Path(__file__).resolve().parent.parent
 
-
-@pytest.fixture
-def ehr(httpserver) -> FakeEhr:
-    return FakeEhr(httpserver).install()
-
-
-@pytest.fixture
-def app_url(ehr, tmp_path):
-    with running_app(ehr, tmp_path) as url:
-        yield url
+ehr, app_url = launching.ehr, launching.app_url  # the shared fixtures (tests/launching.py)
 
 
 # --- pages with PHI are never cached ----------------------------------------------------------------
@@ -66,13 +57,18 @@ def test_smart_style_url_on_an_allow_listed_origin_is_fetched(ehr, tmp_path, oth
 # --- redirect_uri comes from launch.json, never from the Host header ------------------------------------
 
 
-def test_the_host_header_does_not_choose_the_redirect_uri(ehr, tmp_path):
+def _launch_registered_at_one_https_address(ehr, tmp_path, **headers) -> requests.Response:
+    """/launch, unfollowed, of the app whose launch.json has the one redirect_uri https://timeline.example.org/callback."""
     issuer = {"iss": ehr.iss, "token_endpoint_auth_method": "none"}
     config = {"client_id": "imaging-timeline", "client_name": "Imaging Timeline", "scope": SCOPE,
               "redirect_uris": ["https://timeline.example.org/callback"], "issuers": [issuer]}
     with running_app(ehr, tmp_path, LAUNCH_CONFIG=config) as url:
-        resp = requests.get(f"{url}/launch", params={"iss": ehr.iss, "launch": "l"}, allow_redirects=False,
-                            headers={"Host": "evil.example"}, timeout=10)
+        return requests.get(f"{url}/launch", params={"iss": ehr.iss, "launch": "l"}, allow_redirects=False,
+                            headers=headers, timeout=10)
+
+
+def test_the_host_header_does_not_choose_the_redirect_uri(ehr, tmp_path):
+    resp = _launch_registered_at_one_https_address(ehr, tmp_path, Host="evil.example")
     redirect_uri = parse_qs(urlsplit(resp.headers["Location"]).query)["redirect_uri"]
     assert redirect_uri == ["https://timeline.example.org/callback"]
 
@@ -91,12 +87,7 @@ def test_serve_refuses_to_start_without_a_public_url(monkeypatch, capsys, tmp_pa
 
 
 def test_launch_jsons_single_redirect_uri_is_the_public_url(ehr, tmp_path):
-    issuer = {"iss": ehr.iss, "token_endpoint_auth_method": "none"}
-    config = {"client_id": "imaging-timeline", "client_name": "Imaging Timeline", "scope": SCOPE,
-              "redirect_uris": ["https://timeline.example.org/callback"], "issuers": [issuer]}
-    with running_app(ehr, tmp_path, LAUNCH_CONFIG=config) as url:
-        resp = requests.get(f"{url}/launch", params={"iss": ehr.iss, "launch": "l"}, allow_redirects=False,
-                            timeout=10)
+    resp = _launch_registered_at_one_https_address(ehr, tmp_path)
     # The registered address is https, so the launch-binding cookie is set for a cross-site frame.
     cookie = resp.headers["Set-Cookie"]
     assert "Secure" in cookie and "SameSite=None" in cookie

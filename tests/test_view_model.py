@@ -6,8 +6,6 @@ exactly as `/api/studies` and the event stream send it.
 
 from __future__ import annotations
 
-import json
-import re
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 
@@ -17,6 +15,7 @@ import requests
 from app.keys import generate_keys
 from sandbox.data import study_uid
 from sandbox.demo import Demo, serve_demo
+from tests.test_demo_flow import events, studies
 
 KEYS = generate_keys()
 
@@ -36,24 +35,8 @@ def launch(demo: Demo, patient: str, **params) -> requests.Session:
     return browser
 
 
-def studies(demo: Demo, browser: requests.Session) -> dict:
-    resp = browser.get(f"{demo.base_url}/api/studies", timeout=60)
-    assert resp.status_code == 200, resp.text
-    return resp.json()
-
-
 def by_uid(data: dict) -> dict[str, dict]:
     return {s["uid"]: s for s in data["studies"]}
-
-
-def events(text: str) -> list[tuple[str, dict]]:
-    out = []
-    for block in text.split("\n\n"):
-        name = re.search(r"^event: (.+)$", block, re.M)
-        data = re.search(r"^data: (.+)$", block, re.M)
-        if name and data:
-            out.append((name.group(1), json.loads(data.group(1))))
-    return out
 
 
 # --- current, latest, priors -----------------------------------------------------------------------
