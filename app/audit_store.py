@@ -24,6 +24,7 @@ from typing import Any, Protocol
 
 from .audit_event import AuditEvent, _utc
 from .errors import ConfigError
+from .session_store import open_wal
 
 try:
     import psycopg
@@ -112,8 +113,7 @@ class SQLiteAuditStore:
         self._connection()
 
     def _open(self, synchronous: str) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
-        db.execute("PRAGMA journal_mode=WAL")
+        db = open_wal(self.path, timeout=30)
         db.execute(f"PRAGMA synchronous={synchronous}")
         for statement in self.SCHEMA:
             db.execute(statement)

@@ -49,6 +49,31 @@ class SessionStore(Protocol):
         ...
 
 
+def open_wal(path: str, *, timeout: float) -> sqlite3.Connection:
+    """A connection to the SQLite file at `path` in WAL mode, so several processes can share it.
+
+    Putting a new file in WAL mode takes an exclusive lock that SQLite does not wait for (no busy
+    handler): gunicorn workers starting together on a fresh file got "database is locked", and
+    gunicorn stops the whole server when a worker fails to boot. Retried here for `timeout` s.
+    """
+    db = sqlite3.connect(path, timeout=timeout, isolation_level=None, check_same_thread=False)
+    give_up, pause = time.monotonic() + timeout, 0.005
+    while True:
+        try:
+            mode = str(db.execute("PRAGMA journal_mode=WAL").fetchone()[0]).lower()
+            break
+        except sqlite3.OperationalError as exc:
+            if ("locked" not in str(exc) and "busy" not in str(exc)) or time.monotonic() >= give_up:
+                db.close()
+                raise
+            time.sleep(pause)
+            pause = min(pause * 2, 0.2)
+    if mode not in ("wal", "memory"):  # memory: ":memory:" databases, one process by nature
+        db.close()
+        raise sqlite3.OperationalError(f"{path} could not be put in WAL mode (journal mode {mode})")
+    return db
+
+
 class SQLiteStore:
     """Embedded default: one SQLite file; one connection shared by the process's threads.
 
@@ -62,9 +87,9 @@ class SQLiteStore:
         self.clock = clock
         self._lock = threading.Lock()
         _create_private(self.path)
-        self._db = sqlite3.connect(self.path, timeout=10, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db = open_wal(self.path, timeout=10)
         self._db.execute("CREATE TABLE IF NOT EXISTS kv (k TEXT PRIMARY KEY, v TEXT NOT NULL, exp REAL NOT NULL)")
+        self._db.execute("CREATE INDEX IF NOT EXISTS kv_exp ON kv (exp)")  # every put sweeps what has expired
 
     def put(self, key: str, value: dict[str, Any], ttl_s: float) -> None:
         now = self.clock()

@@ -201,3 +201,27 @@ def test_an_unreachable_redis_is_store_unavailable_not_a_crash():
     guarded = GuardedStore(RedisStore(f"redis://127.0.0.1:{_free_port()}/0"))
     with pytest.raises(StoreUnavailable, match=r"^The session service is unavailable; retry in a moment\.$"):
         guarded.get("session:x")
+
+
+@pytest.mark.parametrize("opener", ["session", "audit"])
+def test_a_store_file_another_process_is_writing_is_opened_once_it_is_free(tmp_path, opener):
+    """gunicorn's workers start together: one still creating a fresh file must not fail the other's boot.
+
+    Switching a file to WAL takes a lock SQLite does not wait for ("database is locked" at once), and a
+    worker that fails to boot makes gunicorn stop the whole server.
+    """
+    import sqlite3
+    import threading
+
+    from app.audit_store import SQLiteAuditStore
+
+    path = tmp_path / "fresh.db"
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)  # the other worker
+    other.execute("CREATE TABLE booting (x)")
+    other.execute("BEGIN IMMEDIATE")
+    other.execute("INSERT INTO booting VALUES (1)")
+    threading.Timer(0.3, other.execute, args=("COMMIT",)).start()
+    store = SQLiteStore(path) if opener == "session" else SQLiteAuditStore(path)
+    mode = (store._db if opener == "session" else store._connection()).execute("PRAGMA journal_mode").fetchone()[0]
+    assert mode == "wal"
+    other.close()
