@@ -93,10 +93,16 @@ class SQLiteStore:
 
     def put(self, key: str, value: dict[str, Any], ttl_s: float) -> None:
         now = self.clock()
-        with self._lock:
-            self._db.execute("DELETE FROM kv WHERE exp < ?", (now,))
-            self._db.execute("INSERT OR REPLACE INTO kv (k, v, exp) VALUES (?, ?, ?)",
-                             (key, json.dumps(value), now + ttl_s))
+        body = json.dumps(value)
+        with self._lock:  # one transaction: one commit (and WAL sync) per put, not two
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute("DELETE FROM kv WHERE exp < ?", (now,))
+                self._db.execute("INSERT OR REPLACE INTO kv (k, v, exp) VALUES (?, ?, ?)", (key, body, now + ttl_s))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
 
     def get(self, key: str) -> dict[str, Any] | None:
         with self._lock:
