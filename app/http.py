@@ -10,10 +10,10 @@ import select
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import requests
 
@@ -176,20 +176,34 @@ class OutboundEnv:
     """
 
     ca_bundle: str | None
-    _proxies: dict[Origin, dict[str, str]] = field(default_factory=dict, repr=False)
+    proxies: Mapping[str, str] = field(default_factory=dict)  # scheme (and "no") -> value, as urllib reads them
+    _chosen: dict[Origin, dict[str, str]] = field(default_factory=dict, repr=False)
 
     @classmethod
     def from_environ(cls) -> OutboundEnv:
-        return cls(os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or None)
+        """The process's one OutboundEnv for the variables as they are now (one per distinct setting).
+
+        Shared, so the per-origin proxy choice is made once per process, not once per client: a
+        SMART token session is made for every launch.
+        """
+        setting = (os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or None,
+                   tuple(sorted((k, v) for k, v in os.environ.items() if k.lower().endswith("_proxy"))))
+        with _SHARED_LOCK:
+            env = _SHARED_ENVS.get(setting)
+            if env is None:
+                env = _SHARED_ENVS[setting] = cls(setting[0], _proxy_table(setting[1]))
+        return env
 
     def proxies_for(self, url: str) -> dict[str, str]:
-        """The proxies requests would use for `url` (empty where NO_PROXY applies or none is set)."""
+        """The proxies requests would use for `url` under this setting (empty where NO_PROXY applies)."""
         key = origin(url)
-        found = self._proxies.get(key)
+        found = self._chosen.get(key)
         if found is None:
-            found = dict(requests.utils.get_environ_proxies(url))
-            if len(self._proxies) < 1024:  # bounded: origins come from configuration and FHIR answers
-                self._proxies[key] = found
+            # requests' own NO_PROXY rule (host suffixes, ports, CIDR ranges), given this setting's list.
+            bypass = requests.utils.should_bypass_proxies(url, no_proxy=self.proxies.get("no", ""))
+            found = {} if bypass else {k: v for k, v in self.proxies.items() if k != "no"}
+            if len(self._chosen) < 1024:  # bounded: origins come from configuration and FHIR answers
+                self._chosen[key] = found
         return found
 
     def proxy_url(self, url: str) -> str | None:
@@ -202,6 +216,23 @@ class OutboundEnv:
         if bundle and os.path.isdir(bundle):
             return ssl.create_default_context(capath=bundle)
         return ssl.create_default_context(cafile=bundle or None)
+
+
+def _proxy_table(variables: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """`*_proxy` variables as urllib.request.getproxies_environment reads them: lowercase names win."""
+    pairs = list(variables)
+    table = {name[:-6].lower(): value for name, value in pairs if value}
+    for name, value in pairs:
+        if name.endswith("_proxy"):
+            if value:
+                table[name[:-6].lower()] = value
+            else:
+                table.pop(name[:-6].lower(), None)
+    return table
+
+
+_SHARED_ENVS: dict[tuple[str | None, tuple[tuple[str, str], ...]], OutboundEnv] = {}
+_SHARED_LOCK = threading.Lock()
 
 
 class OutboundSession(requests.Session):
@@ -265,8 +296,9 @@ class StreamPool:
     frame in bench/gateway.py, whose floor relay uses this pool) or requests (more again):
     the policy needs none of their machinery. It never follows a redirect (http.client has no
     such feature), every socket wait is bounded by the call's timeout, HTTPS verifies
-    certificates against the system's trust store (ssl.create_default_context, as urllib3's
-    default), and a connection is reused only after its previous answer was read to the end.
+    certificates against the CA bundle and goes through the proxy that `OutboundEnv` names, as
+    every other client of the app does, and a connection is reused only after its previous
+    answer was read to the end.
     """
 
     def __init__(self, maxsize: int = 32, *, env: OutboundEnv | None = None) -> None:
@@ -337,12 +369,12 @@ class StreamPool:
                 conn.timeout = timeout
                 if conn.sock is not None:
                     conn.sock.settimeout(timeout)
-            sent = dict(headers)
+            sent, path = dict(headers), target
             if isinstance(conn, _ProxiedHTTPConnection):  # a plain-http proxy is sent the absolute URL
                 sent.update(conn.proxy_headers)
+                path = url.split("#", 1)[0]
             try:
-                conn.request("GET", url.split("#", 1)[0] if isinstance(conn, _ProxiedHTTPConnection) else target,
-                             headers=sent)
+                conn.request("GET", path, headers=sent)
                 return key, conn, conn.getresponse()
             except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError) as exc:
                 conn.close()
@@ -372,8 +404,6 @@ def _proxy_authorization(user: str | None, password: str | None) -> dict[str, st
     """Basic credentials for a proxy named with them (http://user:pass@proxy:3128), as requests sends."""
     if user is None:
         return {}
-    from urllib.parse import unquote
-
     return {"Proxy-Authorization": requests.auth._basic_auth_str(unquote(user), unquote(password or ""))}
 
 

@@ -131,7 +131,7 @@ def _prune(root: Path, keep: Path) -> None:
             shutil.rmtree(folder, ignore_errors=True)
 
 
-# --- recording (called by the API, the CDS services and the beacon) -------------------------------
+# --- recording (the federation's archive answers, the CDS services and the beacon) --------------
 
 
 def _samples(samples: list[Sample], app: Flask | None = None) -> None:

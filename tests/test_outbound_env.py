@@ -254,3 +254,35 @@ def test_netrc_passwords_are_never_sent(monkeypatch, tmp_path, plain_archive):
     monkeypatch.setenv("NETRC", str(netrc))
     assert requests.Session().get(f"{plain_archive.url}/studies", timeout=5).text != "none"  # what requests does
     assert OutboundSession().get(f"{plain_archive.url}/studies", timeout=5).text == "none"
+
+
+def test_clients_made_under_one_setting_share_its_proxy_choices_and_a_new_setting_is_read(
+        monkeypatch, plain_archive, proxy):
+    """A client per launch (the SMART token session) does not look the proxy environment up again."""
+    before, pool = OutboundSession(), StreamPool()
+    assert before.outbound is pool.env  # one reading of the environment for the process
+    monkeypatch.setenv("HTTP_PROXY", proxy.url)
+    after = OutboundSession()
+    assert after.outbound is not before.outbound
+    assert before.get(f"{plain_archive.url}/a", timeout=5).status_code == 200  # made before: direct
+    assert after.get(f"{plain_archive.url}/b", timeout=5).status_code == 200  # made after: proxied
+    assert proxy.seen == [f"GET {plain_archive.url}/b HTTP/1.1"]
+
+
+@pytest.mark.parametrize("setting", [
+    {},
+    {"HTTPS_PROXY": "http://proxy:3128", "NO_PROXY": "pacs.hospital.test,10.0.0.0/8"},
+    {"HTTP_PROXY": "http://upper:1", "http_proxy": "http://lower:2", "no_proxy": ".hospital.test"},
+    {"ALL_PROXY": "http://all:3", "NO_PROXY": "*"},
+    {"https_proxy": "http://p:4", "NO_PROXY": "127.0.0.1:8042"},
+])
+@pytest.mark.parametrize("url", ["https://pacs.hospital.test/dicomweb", "http://10.1.2.3:8042/dicom-web",
+                                 "https://ehr.example.org/fhir", "http://127.0.0.1:8042/x", "http://127.0.0.1:9/x"])
+def test_the_proxy_chosen_per_origin_is_the_one_requests_chooses(monkeypatch, setting, url):
+    from app.http import OutboundEnv
+
+    for name, value in setting.items():
+        monkeypatch.setenv(name, value)
+    ours = OutboundEnv.from_environ().proxies_for(url)
+    theirs = {k: v for k, v in requests.utils.get_environ_proxies(url).items() if k != "no"}
+    assert ours == theirs
