@@ -718,25 +718,21 @@ def test_a_pooled_connection_the_archive_closed_is_retried_once_on_a_fresh_one()
 def _counting_server(answers: int) -> tuple[str, list[object]]:
     """A raw HTTP/1.1 server on loopback answering `answers` GETs per connection (keep-alive); counts connections."""
     import socket
-    import threading
+
+    from tests.servers import accept_forever
 
     listener = socket.create_server(("127.0.0.1", 0))
     accepted: list[object] = []
 
-    def serve() -> None:
-        while True:
-            try:
-                conn, _ = listener.accept()
-            except OSError:
-                return
-            accepted.append(conn)
-            for _ in range(answers):
-                if not conn.recv(65536):
-                    break
-                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Type: text/plain\r\n\r\nhello")
-            conn.close()
+    def answer(conn: socket.socket) -> None:
+        accepted.append(conn)
+        for _ in range(answers):
+            if not conn.recv(65536):
+                break
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Type: text/plain\r\n\r\nhello")
+        conn.close()
 
-    threading.Thread(target=serve, daemon=True).start()
+    accept_forever(listener, answer)
     return f"http://127.0.0.1:{listener.getsockname()[1]}", accepted
 
 

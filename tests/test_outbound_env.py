@@ -22,6 +22,7 @@ import pytest
 import requests
 
 from app.http import Deadline, OutboundSession, StreamError, StreamPool, open_stream
+from tests.servers import accept_forever
 
 PROXY_VARS = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy",
               "NO_PROXY", "no_proxy", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "NETRC")
@@ -177,15 +178,7 @@ def proxy() -> Iterator[Proxy]:
         threading.Thread(target=_pipe, args=(upstream, client), daemon=True).start()
         _pipe(client, upstream)
 
-    def accept() -> None:
-        while True:
-            try:
-                client, _ = listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=handle, args=(client,), daemon=True).start()
-
-    threading.Thread(target=accept, daemon=True).start()
+    accept_forever(listener, handle, thread_each=True)
     yield found
     listener.close()
 
